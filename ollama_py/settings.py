@@ -1,0 +1,100 @@
+"""Every setting, read once from the environment into one frozen object.
+
+The names are Ollama's where Ollama has one, so that an existing setup keeps
+working. A bad value fails at startup naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _path(raw: str) -> Path:
+    return Path(raw.strip()).expanduser()
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _home_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = "127.0.0.1:11434"
+    models: Path = Path.home() / ".ollama" / "models"
+    cache: Path = _home_cache()
+    keep_alive: str = "5m"
+    num_parallel: int = 4
+    max_loaded_models: int = 0
+    max_queue: int = 512
+    origins: tuple[str, ...] = ()
+    context_length: int = 4096
+    flash_attention: bool = False
+    kv_cache_type: str = "f16"
+    noprune: bool = False
+    debug: bool = False
+
+
+# field -> (environment variable, parser, description)
+_ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "host": ("OLLAMA_HOST", str.strip, "address the server binds and the CLI calls"),
+    "models": ("OLLAMA_MODELS", _path, "the model store"),
+    "cache": ("OLLAMA_PY_CACHE", _path, "downloads that are not models in the store (the default model's wheel)"),
+    "keep_alive": ("OLLAMA_KEEP_ALIVE", str.strip, "how long an idle model stays loaded"),
+    "num_parallel": ("OLLAMA_NUM_PARALLEL", _int, "sequences each loaded model serves at once"),
+    "max_loaded_models": ("OLLAMA_MAX_LOADED_MODELS", _int, "models loaded at once (0: as memory allows)"),
+    "max_queue": ("OLLAMA_MAX_QUEUE", _int, "requests waiting before the server answers busy"),
+    "origins": ("OLLAMA_ORIGINS", _list, "extra CORS origins, comma separated"),
+    "context_length": ("OLLAMA_CONTEXT_LENGTH", _int, "default context length (num_ctx)"),
+    "flash_attention": ("OLLAMA_FLASH_ATTENTION", _bool, "use flash attention"),
+    "kv_cache_type": ("OLLAMA_KV_CACHE_TYPE", str.strip, "KV cache type: f16, q8_0 or q4_0"),
+    "noprune": ("OLLAMA_NOPRUNE", _bool, "keep unused blobs when models are removed"),
+    "debug": ("OLLAMA_DEBUG", _bool, "verbose logging"),
+}
+
+
+def describe() -> dict[str, str]:
+    """Variable name to description, for help texts."""
+    return {env: text for env, _, text in _ENV.values()}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name, parse, _ = _ENV[f.name]
+        raw = env.get(name)
+        if raw is None or raw.strip().strip("\"'") == "":
+            continue
+        try:
+            values[f.name] = parse(raw.strip().strip("\"'"))
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    settings = Settings(**values)
+    if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
+        raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
+    return settings
