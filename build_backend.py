@@ -119,11 +119,14 @@ def fetch_sdist(pin: dict[str, str]) -> Path:
     return final
 
 
+def source_extracted(pin: dict[str, str]) -> bool:
+    """Whether vendor/llama.cpp/ already holds this pin's subtree (no download needed)."""
+    stamp = SOURCE_DIR / ".extracted"
+    return stamp.exists() and stamp.read_text() == pin["sha256"]
+
+
 def extract_subtree(sdist: Path, pin: dict[str, str]) -> None:
     """Extracts only the pinned subtree into vendor/llama.cpp/, refusing odd members."""
-    stamp = SOURCE_DIR / ".extracted"
-    if stamp.exists() and stamp.read_text() == pin["sha256"]:
-        return
     log(f"extracting {pin['subtree']} from {sdist.name}")
     with tarfile.open(sdist) as tar:
         top = tar.getnames()[0].split("/", 1)[0]
@@ -257,7 +260,8 @@ def build_llama(pin: dict[str, str]) -> Path:
     cmake = find_tool(("cmake",), "cmake")
     cxx = os.environ.get("CXX") or find_tool(("c++", "g++", "clang++"), "a C++ compiler")
     find_tool((Path(cxx).name,), "a C++ compiler")
-    extract_subtree(fetch_sdist(pin), pin)
+    if not source_extracted(pin):
+        extract_subtree(fetch_sdist(pin), pin)
     build = work / "cmake"
     cache_file = build / "CMakeCache.txt"
     if cache_file.exists() and f"CMAKE_HOME_DIRECTORY:INTERNAL={SOURCE_DIR}" not in cache_file.read_text():
