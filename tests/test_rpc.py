@@ -1,0 +1,86 @@
+"""RPC workers: an unreachable one is an error, a live one runs the model."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ollama_py.llama.context import Context, ContextOptions
+from ollama_py.llama.devices import add_rpc_server
+from ollama_py.llama.lib import LIB_DIR, LlamaError
+from ollama_py.llama.model import Model, ModelOptions
+from ollama_py.llama.oneshot import generate_tokens
+from ollama_py.llama.sampler import SamplerChain, SamplerConfig
+
+PROMPT = "<|im_start|>user\nList the planets.<|im_end|>\n<|im_start|>assistant\n"
+
+# Runs in a child process: registering a worker changes device choice for the
+# whole process, and llama.cpp aborts the process if the worker dies later.
+CHILD = """
+import json, sys
+from ollama_py.llama.context import Context, ContextOptions
+from ollama_py.llama.devices import add_rpc_server
+from ollama_py.llama.model import Model, ModelOptions
+from ollama_py.llama.oneshot import generate_tokens
+from ollama_py.llama.sampler import SamplerChain, SamplerConfig
+added = add_rpc_server(sys.argv[1])
+model = Model(sys.argv[2], ModelOptions(n_gpu_layers=-1, devices=tuple(d.handle for d in added)))
+ctx = Context(model, ContextOptions(n_ctx=512))
+sampler = SamplerChain(model.vocab, SamplerConfig(temperature=0))
+tokens = list(generate_tokens(ctx, sampler, model.vocab.tokenize(sys.argv[3], parse_special=True), 24))
+print(json.dumps({"devices": [[d.name, d.description] for d in added], "tokens": tokens}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def worker() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([str(LIB_DIR / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("ggml-rpc-server exited at start")
+                time.sleep(0.05)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_unreachable_worker_is_an_error_not_an_abort() -> None:
+    with pytest.raises(LlamaError, match="unreachable"):
+        add_rpc_server(f"127.0.0.1:{_free_port()}")
+    with pytest.raises(LlamaError, match="host:port"):
+        add_rpc_server("no-port-here")
+
+
+def test_model_on_a_worker_generates_as_locally(worker: str, model_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", CHILD, worker, str(model_path), PROMPT],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert remote["devices"] and remote["devices"][0][1] == worker
+    with Model(model_path, ModelOptions(n_gpu_layers=0)) as local, \
+            Context(local, ContextOptions(n_ctx=512)) as ctx, \
+            SamplerChain(local.vocab, SamplerConfig(temperature=0)) as sampler:
+        expected = list(generate_tokens(ctx, sampler, local.vocab.tokenize(PROMPT, parse_special=True), 24))
+    assert remote["tokens"] == expected
