@@ -1,0 +1,438 @@
+"""The continuous-batching loop of one loaded model (DESIGN.md decision 3).
+
+One thread owns the llama context. Each step it puts into one batch the next
+token of every generating slot and then prefill chunks of admitted prompts,
+up to n_batch tokens, so a long prompt arriving never freezes the streams
+already running. Everyone else talks to the thread through its inbox; events
+go back to the asyncio side in one `call_soon_threadsafe` per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ollama_py.engine.sampling import sampler_config
+from ollama_py.engine.stops import StopMatcher, TokenText
+from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, Logprob,
+                                    PromptTooLong, Token, TokenLogprob)
+from ollama_py.llama import capi
+from ollama_py.llama.batch import Batch
+from ollama_py.llama.context import Context, ContextOptions, DecodeError
+from ollama_py.llama.lib import LlamaError
+from ollama_py.llama.model import Model, Vocab
+from ollama_py.llama.sampler import SamplerChain
+
+log = logging.getLogger(__name__)
+
+_KV_TYPES = {"f16": capi.GGML_TYPE_F16, "q8_0": capi.GGML_TYPE_Q8_0, "q4_0": capi.GGML_TYPE_Q4_0}
+
+
+class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the context is built with; a change means a new runner (Ollama's load options)."""
+
+    num_ctx: int = 4096  # per slot, as Ollama counts it
+    num_parallel: int = 4
+    num_batch: int = 512
+    num_thread: int = 0  # 0: every core
+    flash_attention: bool = True
+    kv_cache_type: str = "f16"
+
+
+def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool) -> tuple[list[int], bool]:
+    """The prompt cut to leave room for an answer, and whether it was cut.
+
+    Like Ollama, the first `num_keep` tokens stay and the oldest tokens after
+    them go. Ollama cuts to exactly num_ctx and then shifts the context as it
+    generates; we have no context shift, so we cut to three quarters of the
+    context as llama-server does, leaving the rest for the answer.
+    """
+    if not prompt:
+        raise ValueError("the prompt has no tokens")
+    if len(prompt) < num_ctx:
+        return prompt, False
+    if not truncate:
+        raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length ({num_ctx})")
+    target = max(1, num_ctx * 3 // 4)
+    keep = min(max(num_keep, 0), target - 1)
+    return prompt[:keep] + prompt[len(prompt) - (target - keep):], True
+
+
+def common_prefix(a: list[int], b: tuple[int, ...] | list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class _Stream:
+    """The asyncio end of one request; only the event loop's thread touches it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event | Failed] = asyncio.Queue()
+        self.closed = False
+
+
+@dataclass(frozen=True)
+class _Submit:
+    request: GenerationRequest
+    stream: _Stream
+    submitted_ns: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    stream: _Stream
+
+
+class _Stop:
+    pass
+
+
+@dataclass(eq=False)
+class _Job:
+    """A request admitted to a slot: its prompt still to prefill and its output state."""
+
+    submit: _Submit
+    sampler: SamplerChain
+    pending: list[int]
+    prompt_eval_count: int
+    admitted_ns: int
+    text: TokenText = field(default_factory=TokenText)
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    next_token: int | None = None  # sampled, not yet decoded
+    out_index: int = -1  # this step's logits row for the slot
+    eval_count: int = 0
+    first_token_ns: int = 0
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose keys and values the context holds
+    job: _Job | None = None
+    last_used: int = 0
+
+
+class Runner:
+    """Serves one model to many concurrent requests on a thread of its own."""
+
+    def __init__(self, model: Model, options: RunnerOptions = RunnerOptions()) -> None:
+        if options.kv_cache_type not in _KV_TYPES:
+            raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
+        self.model = model
+        self.options = options
+        n_ctx = min(options.num_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else options.num_ctx
+        self._capacity = max(options.num_batch, options.num_parallel)
+        kv = _KV_TYPES[options.kv_cache_type]
+        # One KV stream per slot (kv_unified off): each slot gets exactly num_ctx,
+        # as in Ollama, and a slot's attention never sees another slot's cells,
+        # so batching cannot change what a sequence computes.
+        self._ctx = Context(model, ContextOptions(
+            n_ctx=n_ctx * options.num_parallel, n_batch=self._capacity, n_ubatch=self._capacity,
+            n_seq_max=options.num_parallel, n_threads=options.num_thread, n_threads_batch=options.num_thread,
+            flash_attn=capi.FLASH_ATTN_ENABLED if options.flash_attention else capi.FLASH_ATTN_DISABLED,
+            type_k=kv, type_v=kv, kv_unified=False))
+        # llama.cpp pads the context; a slot still holds only what was asked for.
+        self.num_ctx: int = min(n_ctx, self._ctx.n_ctx_seq)
+        self._vocab: Vocab = model.vocab
+        self._inbox: queue.SimpleQueue[_Submit | _Cancel | _Stop] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders "is the thread alive" against new submissions
+        self._dead: str | None = None
+        self._slots = [_Slot(seq) for seq in range(options.num_parallel)]
+        self._waiting: deque[_Submit] = deque()
+        self._step = 0
+        self._thread = threading.Thread(target=self._run, name=f"runner {model.path.name}", daemon=True)
+        self._thread.start()
+
+    # ---- asyncio side ----------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Streams the request's events, ending with Done.
+
+        Closing the iterator early (a client that went away) cancels the
+        request; its slot is free again within one step. Consume it under
+        `contextlib.aclosing` so that happens at once.
+        """
+        prompt, truncated = fit_prompt(list(request.prompt), self.num_ctx, request.sampling.num_keep,
+                                       request.truncate)
+        if truncated:
+            log.warning("prompt of request %s truncated from %d to %d tokens", request.id, len(request.prompt),
+                        len(prompt))
+            request = msgspec.structs.replace(request, prompt=tuple(prompt))
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            if self._dead is not None:
+                raise EngineError(self._dead)
+            self._inbox.put(_Submit(request, stream, time.monotonic_ns(), truncated))
+        finished = False
+        try:
+            while not finished:
+                event = await stream.queue.get()
+                if isinstance(event, Failed):
+                    finished = True
+                    raise EngineError(event.message)
+                finished = isinstance(event, Done)
+                yield event
+        finally:
+            stream.closed = True
+            if not finished:
+                self._inbox.put(_Cancel(stream))
+
+    def close(self) -> None:
+        """Stops the thread (failing what is in flight) and frees the context."""
+        if self._thread.is_alive():
+            self._inbox.put(_Stop())
+            self._thread.join()
+        self._ctx.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    @property
+    def steps(self) -> int:
+        """Decode calls so far (llama-server's n_decode_total), for metrics and tests."""
+        return self._step
+
+    # ---- runner thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        outbox: list[tuple[_Stream, Event | Failed]] = []
+        reason = "the model runner stopped"
+        try:
+            with Batch(self._capacity, 1) as batch:
+                while self._take_inbox(outbox):
+                    self._admit()
+                    self._step_once(batch, outbox)
+                    self._post(outbox)
+        except Exception as exc:  # the thread must fail its requests, not vanish
+            log.exception("model runner crashed")
+            reason = f"the model runner failed: {exc}"
+        with self._lock:
+            self._dead = reason
+        for slot in self._slots:
+            if slot.job is not None:
+                outbox.append((slot.job.submit.stream, Failed(message=reason)))
+                self._release(slot)
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(message, _Submit):
+                self._waiting.append(message)
+        outbox.extend((s.stream, Failed(message=reason)) for s in self._waiting)
+        self._waiting.clear()
+        self._post(outbox)
+
+    def _busy(self) -> bool:
+        return bool(self._waiting) or any(s.job is not None for s in self._slots)
+
+    def _take_inbox(self, outbox: list[tuple[_Stream, Event | Failed]]) -> bool:
+        """Applies waiting messages (blocking while idle); False once told to stop."""
+        while True:
+            try:
+                message = self._inbox.get() if not self._busy() else self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            match message:
+                case _Submit():
+                    self._waiting.append(message)
+                case _Cancel(stream):
+                    self._cancel(stream)
+                case _Stop():
+                    return False
+
+    def _cancel(self, stream: _Stream) -> None:
+        for submit in self._waiting:
+            if submit.stream is stream:
+                self._waiting.remove(submit)
+                return
+        for slot in self._slots:
+            if slot.job is not None and slot.job.submit.stream is stream:
+                log.debug("slot %d cancelled", slot.seq)
+                self._release(slot)
+                return
+
+    def _admit(self) -> None:
+        """Gives waiting requests, oldest first, the free slot that already holds most of their prompt."""
+        while self._waiting:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return
+            submit = self._waiting.popleft()
+            prompt = submit.request.prompt
+            slot = max(free, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+            # The last prompt token is always decoded again: its logits are the first sample's.
+            keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
+            if not self._ctx.seq_rm(slot.seq, keep, -1):
+                self._ctx.seq_rm(slot.seq)
+                keep = 0
+            del slot.cache[keep:]
+            try:
+                sampler = self._sampler(submit.request, prompt)
+            except LlamaError as exc:
+                self._post([(submit.stream, Failed(message=str(exc)))])
+                continue
+            slot.job = _Job(submit=submit, sampler=sampler, pending=list(prompt[keep:]),
+                            prompt_eval_count=len(prompt) - keep, admitted_ns=time.monotonic_ns(),
+                            stops=StopMatcher(submit.request.sampling.stop))
+            log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
+
+    def _sampler(self, request: GenerationRequest, prompt: tuple[int, ...]) -> SamplerChain:
+        sampler = SamplerChain(self._vocab, sampler_config(request.sampling, request.grammar))
+        # The repeat penalty looks back over the prompt too, as in Ollama and
+        # llama-server; a grammar must not see the prompt, so it goes without.
+        last_n = request.sampling.repeat_last_n
+        if request.grammar is None and last_n != 0:
+            for token in prompt[-last_n:] if last_n > 0 else prompt:
+                sampler.accept(token)
+        return sampler
+
+    def _step_once(self, batch: Batch, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
+        batch.clear()
+        in_batch: list[_Slot] = []
+        for slot in self._slots:
+            job = slot.job
+            if job is not None and job.next_token is not None:
+                job.out_index = batch.add(job.next_token, len(slot.cache), (slot.seq,), True)
+                slot.cache.append(job.next_token)
+                job.next_token = None
+                in_batch.append(slot)
+        for slot in sorted((s for s in self._slots if s.job is not None and s.job.pending),
+                           key=lambda s: s.job.submit.submitted_ns if s.job else 0):
+            room = self._capacity - len(batch)
+            if room <= 0:
+                break
+            job = slot.job
+            assert job is not None
+            chunk = job.pending[:room]
+            last = len(chunk) == len(job.pending)
+            index = batch.add_sequence(chunk, len(slot.cache), slot.seq, last_output=last)
+            job.out_index = index if last else -1
+            slot.cache.extend(chunk)
+            del job.pending[:len(chunk)]
+            in_batch.append(slot)
+        if not in_batch:
+            return
+        self._step += 1
+        try:
+            self._ctx.decode(batch)
+        except DecodeError as exc:
+            log.error("decode failed for %d slots: %s", len(in_batch), exc)
+            for slot in in_batch:
+                assert slot.job is not None
+                outbox.append((slot.job.submit.stream, Failed(message=str(exc))))
+                self._release(slot)
+                self._ctx.seq_rm(slot.seq)
+                slot.cache.clear()
+            return
+        for slot in in_batch:
+            job = slot.job
+            assert job is not None
+            if job.out_index >= 0:
+                self._sample(slot, job, outbox)
+
+    def _sample(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
+        request = job.submit.request
+        stream = job.submit.stream
+        num_predict = request.sampling.num_predict
+        if not job.first_token_ns:
+            job.first_token_ns = time.monotonic_ns()
+        if num_predict == 0:
+            self._finish(slot, DoneReason.LENGTH, outbox)
+            return
+        token = job.sampler.sample(self._ctx, job.out_index)
+        if self._vocab.is_eog(token):
+            self._finish(slot, DoneReason.STOP, outbox)
+            return
+        job.eval_count += 1
+        piece = self._vocab.token_to_piece(token, special=token in request.special_tokens)
+        text, stopped = job.stops.feed(job.text.feed(piece))
+        logprob = self._logprob(job.out_index, token, request.top_logprobs) if request.logprobs else None
+        if text or logprob is not None:
+            outbox.append((stream, Token(text=text, token=token, logprob=logprob)))
+        if stopped:
+            self._finish(slot, DoneReason.STOP, outbox, flush=False)
+        elif 0 < num_predict <= job.eval_count or len(slot.cache) + 1 >= self.num_ctx:
+            self._finish(slot, DoneReason.LENGTH, outbox)
+        else:
+            job.next_token = token
+
+    def _finish(self, slot: _Slot, reason: DoneReason, outbox: list[tuple[_Stream, Event | Failed]],
+                flush: bool = True) -> None:
+        job = slot.job
+        assert job is not None
+        now = time.monotonic_ns()
+        tail = job.stops.feed(job.text.flush())[0] + job.stops.flush() if flush else ""
+        outbox.append((job.submit.stream, Done(
+            reason=reason, text=tail,
+            prompt_eval_count=job.prompt_eval_count,
+            prompt_eval_duration=job.first_token_ns - job.admitted_ns,
+            eval_count=job.eval_count,
+            eval_duration=now - job.first_token_ns,
+            total_duration=now - job.submit.submitted_ns,
+            prompt_tokens=len(job.submit.request.prompt),
+            truncated=job.submit.truncated)))
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.job is not None:
+            slot.job.sampler.close()
+        slot.job = None
+        slot.last_used = self._step
+
+    def _logprob(self, index: int, token: int, top: int) -> Logprob:
+        """Log-probabilities under the model's own distribution, before any sampler reshapes it."""
+        logits = list(self._ctx.logits(index))
+        peak = max(logits)
+        log_total = peak + math.log(sum(math.exp(v - peak) for v in logits))
+        alternatives: Iterable[int] = ()
+        if top > 0:
+            alternatives = sorted(range(len(logits)), key=logits.__getitem__, reverse=True)[:top]
+        chosen = self._token_logprob(token, logits[token] - log_total)
+        return Logprob(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes,
+                       top_logprobs=tuple(self._token_logprob(t, logits[t] - log_total) for t in alternatives))
+
+    def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
+        piece = self._vocab.token_to_piece(token)
+        return TokenLogprob(token=piece.decode("utf-8", errors="replace"), logprob=logprob, bytes=tuple(piece))
+
+    def _post(self, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
+        """Hands a step's events to each event loop in one call."""
+        if not outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Event | Failed]]] = {}
+        for stream, event in outbox:
+            by_loop.setdefault(stream.loop, []).append((stream, event))
+        outbox.clear()
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                log.debug("event loop closed; %d events dropped", len(items))
+
+
+def _deliver(items: list[tuple[_Stream, Event | Failed]]) -> None:
+    for stream, event in items:
+        if not stream.closed:
+            stream.queue.put_nowait(event)

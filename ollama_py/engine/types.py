@@ -1,0 +1,114 @@
+"""Plain data crossing the engine boundary: what a request asks, what comes back.
+
+Everything here is frozen so a request handed to the runner thread cannot be
+changed under it by the asyncio side.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from ollama_py.llama.sampler import Grammar
+
+
+class DoneReason(enum.Enum):
+    """Why a generation ended; `str()` is the word Ollama puts in `done_reason`."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EngineError(Exception):
+    """The runner could not serve a request it had accepted (decode failed, runner stopped)."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the context and truncation was not allowed (a 400 for the API)."""
+
+
+class Sampling(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ollama's sampling options with Ollama's defaults (api/types.go DefaultOptions).
+
+    repeat_penalty is 1.1 as the engine brief asks; Ollama's current default
+    is 1.0, an older one was 1.1.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    num_predict: int = -1  # negative: until a stop or the context end
+    num_keep: int = 4  # tokens kept at the start when a long prompt is truncated
+    stop: tuple[str, ...] = ()
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One prompt, already tokenized, and how to sample its continuation."""
+
+    id: str
+    prompt: tuple[int, ...]
+    sampling: Sampling = Sampling()
+    grammar: Grammar | None = None
+    truncate: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Special tokens printed as text rather than dropped: the markers a chat
+    # format's parser needs to see (llama.cpp's "preserved tokens").
+    special_tokens: frozenset[int] = frozenset()
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+class Logprob(msgspec.Struct, frozen=True, kw_only=True):
+    """The chosen token's log-probability under the model, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class Token(msgspec.Struct, frozen=True, kw_only=True):
+    """Text produced by one step; `text` may be empty while a stop string is still undecided."""
+
+    text: str
+    token: int
+    logprob: Logprob | None = None
+
+
+class Done(msgspec.Struct, frozen=True, kw_only=True):
+    """The last event of a generation, with Ollama's counters (durations in nanoseconds)."""
+
+    reason: DoneReason
+    text: str = ""  # held-back text released at the end (a partial stop string that never completed)
+    prompt_eval_count: int = 0  # prompt tokens actually evaluated (cached ones are not)
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    total_duration: int = 0
+    prompt_tokens: int = 0  # the whole prompt after truncation, cached or not
+    truncated: bool = False
+
+
+class Failed(msgspec.Struct, frozen=True, kw_only=True):
+    """The runner gave up on this request; `submit` raises it as EngineError."""
+
+    message: str
+
+
+Event = Token | Done
