@@ -301,11 +301,19 @@ class Runner:
     def _sampler(self, request: GenerationRequest, prompt: tuple[int, ...]) -> SamplerChain:
         sampler = SamplerChain(self._vocab, sampler_config(request.sampling, request.grammar))
         # The repeat penalty looks back over the prompt too, as in Ollama and
-        # llama-server; a grammar must not see the prompt, so it goes without.
+        # llama-server; a grammar must not see the prompt (only its own
+        # prefill), so with a grammar the penalty starts fresh.
         last_n = request.sampling.repeat_last_n
-        if request.grammar is None and last_n != 0:
-            for token in prompt[-last_n:] if last_n > 0 else prompt:
+        if request.grammar is not None:
+            history: tuple[int, ...] = request.grammar_prefill
+        else:
+            history = prompt[-last_n:] if last_n > 0 else prompt if last_n < 0 else ()
+        try:
+            for token in history:
                 sampler.accept(token)
+        except BaseException:
+            sampler.close()
+            raise
         return sampler
 
     def _step_once(self, batch: Batch, outbox: list[tuple[_Stream, Event | Failed]]) -> None:

@@ -60,6 +60,10 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     prompt: tuple[int, ...]
     sampling: Sampling = Sampling()
     grammar: Grammar | None = None
+    # Tokens the grammar must consume before the first sample: a chat
+    # template's grammar starts with the generation prompt that is already
+    # in the prompt (llama.cpp's common_sampler prefills it the same way).
+    grammar_prefill: tuple[int, ...] = ()
     truncate: bool = True
     logprobs: bool = False
     top_logprobs: int = 0

@@ -1,0 +1,262 @@
+"""Chat on top of the runner: messages in through the model's template, text out
+split into content, reasoning and whole tool calls.
+
+The rendering and the parsing are llama.cpp's own (common/chat, through our
+shim), so every model family llama-server handles gets the same tool calling.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ollama_py.engine.runner import Runner
+from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
+from ollama_py.llama.model import Model
+from ollama_py.llama.sampler import Grammar
+from ollama_py.llama.shim import ChatApplied, ChatTemplates, ShimError, ToolCall, json_schema_to_grammar
+
+log = logging.getLogger(__name__)
+
+# Ollama's `format: "json"` asks for a JSON object, not any JSON value.
+_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation as OpenAI-style message dicts (what the templates are written against)."""
+
+    id: str
+    messages: tuple[dict[str, Any], ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str = "auto"  # OpenAI's "auto" | "required" | "none"; Ollama always sends "auto"
+    format: str | dict[str, Any] | None = None  # "json" or a JSON schema
+    think: bool | None = None  # None: the template's default
+    sampling: Sampling = Sampling()
+    truncate: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """New answer text of one step, already split into content and reasoning."""
+
+    content: str
+    thinking: str
+    logprob: Logprob | None = None
+
+
+@dataclass(frozen=True)
+class ChatDone:
+    """The end of the answer: the parsed message as a whole, and the runner's counters."""
+
+    done: Done
+    content: str
+    thinking: str
+    tool_calls: tuple[ToolCall, ...]
+
+
+ChatEvent = ChatDelta | ChatDone
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """The rendered prompt as a runner request, and the parser for its answer (none for raw prompts)."""
+
+    request: GenerationRequest
+    applied: ChatApplied | None
+
+
+def grammar_for_format(fmt: str | dict[str, Any] | None) -> Grammar | None:
+    """Ollama's `format`: "" or None is free text, "json" an object, a dict a JSON schema."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return Grammar(gbnf=json_schema_to_grammar(_JSON_OBJECT))
+    if isinstance(fmt, dict):
+        try:
+            return Grammar(gbnf=json_schema_to_grammar(fmt))
+        except ShimError as exc:
+            raise ValueError(f"invalid JSON schema in format: {exc}") from None
+    raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
+
+
+class ChatFormatter:
+    """A model's chat templates (or a Jinja override) and what it can do with them."""
+
+    def __init__(self, model: Model, template_override: str = "") -> None:
+        self.model = model
+        self.templates = ChatTemplates(model, template_override)
+
+    @property
+    def supports_tools(self) -> bool:
+        return bool(self.templates.caps.get("supports_tools"))
+
+    def close(self) -> None:
+        self.templates.close()
+
+    def prepare(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
+        """Renders and tokenizes the conversation, dropping its oldest turns if it does not fit.
+
+        Blocking (template rendering and tokenization); run it off the event loop.
+        Raises ValueError for requests the model cannot serve, as Ollama answers 400.
+        """
+        if any(m.get("images") for m in chat.messages):
+            raise ValueError(f"{self.model.path.name} does not support images")
+        if chat.tools and not self.supports_tools:
+            raise ValueError(f"{self.model.path.name} does not support tools")
+        grammar = grammar_for_format(chat.format)
+        messages = list(chat.messages)
+        while True:
+            applied = self._apply(chat, messages)
+            prompt = self.model.vocab.tokenize(applied.prompt, add_special=True, parse_special=True)
+            if len(prompt) < num_ctx:
+                break
+            if not chat.truncate:
+                applied.close()
+                raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length "
+                                    f"({num_ctx})")
+            oldest = next((i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"), None)
+            if oldest is None:
+                break  # only system messages and the last one remain: the runner cuts tokens
+            applied.close()
+            del messages[oldest]
+            log.info("request %s: dropped its oldest message to fit %d tokens", chat.id, num_ctx)
+        if chat.think and not applied.supports_thinking:
+            applied.close()
+            raise ValueError(f"{self.model.path.name} does not support thinking")
+        prefill: tuple[int, ...] = ()
+        if grammar is None and applied.grammar:
+            grammar = Grammar(gbnf=applied.grammar, lazy=applied.grammar_lazy,
+                              trigger_patterns=applied.trigger_patterns, trigger_tokens=applied.trigger_tokens)
+            if not applied.grammar_lazy:
+                prefill = self._generation_prompt_tokens(applied.generation_prompt)
+        sampling = chat.sampling
+        if applied.additional_stops:
+            sampling = msgspec.structs.replace(sampling, stop=sampling.stop + applied.additional_stops)
+        request = GenerationRequest(
+            id=chat.id, prompt=tuple(prompt), sampling=sampling, grammar=grammar, truncate=chat.truncate,
+            logprobs=chat.logprobs, top_logprobs=chat.top_logprobs,
+            special_tokens=self._single_tokens(applied.preserved_tokens), grammar_prefill=prefill)
+        return PreparedChat(request=request, applied=applied)
+
+    def prepare_generate(self, chat: ChatRequest, prompt: str, *, system: str = "", raw: bool = False,
+                         num_ctx: int) -> PreparedChat:
+        """Ollama's /api/generate: the prompt as one user turn, or as it is when raw.
+
+        `chat.messages` is ignored; the other fields apply as for a chat.
+        """
+        if raw:
+            if system:
+                raise ValueError("raw mode does not take a system prompt")
+            tokens = self.model.vocab.tokenize(prompt, add_special=True, parse_special=True)
+            request = GenerationRequest(
+                id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=grammar_for_format(chat.format),
+                truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
+            return PreparedChat(request=request, applied=None)
+        turn = ({"role": "system", "content": system},) if system else ()
+        return self.prepare(msgspec.structs.replace(chat, messages=turn + ({"role": "user", "content": prompt},)),
+                            num_ctx)
+
+    def _apply(self, chat: ChatRequest, messages: list[dict[str, Any]]) -> ChatApplied:
+        try:
+            return self.templates.apply(
+                messages, tools=list(chat.tools) or None, tool_choice=chat.tool_choice if chat.tools else "auto",
+                enable_thinking=chat.think is not False,
+                reasoning_format="none" if chat.think is False else "deepseek")
+        except ShimError as exc:
+            raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
+
+    def _generation_prompt_tokens(self, text: str) -> tuple[int, ...]:
+        """The generation prompt as the grammar will see it (common/sampling.cpp does the same)."""
+        tokens = self.model.vocab.tokenize(text, add_special=False, parse_special=True)
+        if tokens and text and not text[0].isspace() and self.model.vocab.token_to_piece(
+                tokens[0], special=True)[:1].isspace():
+            tokens = tokens[1:]  # some tokenizers put a space before the first special token
+        return tuple(tokens)
+
+    def _single_tokens(self, texts: tuple[str, ...]) -> frozenset[int]:
+        ids: set[int] = set()
+        for text in texts:
+            tokens = self.model.vocab.tokenize(text, add_special=False, parse_special=True)
+            if len(tokens) == 1:
+                ids.add(tokens[0])
+        return frozenset(ids)
+
+
+async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
+    """Streams the answer to a prepared conversation.
+
+    Content and reasoning come as deltas while the answer grows; tool calls
+    come whole, at the end, as Ollama sends them.
+    """
+    raw: list[str] = []
+    sent_content = sent_thinking = ""
+    applied = prepared.applied
+    try:
+        async with aclosing(runner.submit(prepared.request)) as events:
+            async for event in events:
+                raw.append(event.text)
+                if isinstance(event, Done):
+                    message = _parse(applied, "".join(raw), partial=False) if applied else _Message(
+                        "".join(raw), "", ())
+                    content, thinking = message.content, message.reasoning
+                    tail_content = content[len(sent_content):] if content.startswith(sent_content) else ""
+                    tail_thinking = thinking[len(sent_thinking):] if thinking.startswith(sent_thinking) else ""
+                    if tail_content or tail_thinking:
+                        yield ChatDelta(content=tail_content, thinking=tail_thinking)
+                    calls = tuple(c if c.id else ToolCall(c.name, c.arguments, _call_id()) for c in message.tool_calls)
+                    yield ChatDone(done=event, content=content, thinking=thinking, tool_calls=calls)
+                    return
+                assert isinstance(event, Token)
+                if applied is None:
+                    if event.text or event.logprob is not None:
+                        sent_content += event.text
+                        yield ChatDelta(content=event.text, thinking="", logprob=event.logprob)
+                    continue
+                message = _parse(applied, "".join(raw), partial=True)
+                new_content = _extension(sent_content, message.content)
+                new_thinking = _extension(sent_thinking, message.reasoning)
+                sent_content += new_content
+                sent_thinking += new_thinking
+                if new_content or new_thinking or event.logprob is not None:
+                    yield ChatDelta(content=new_content, thinking=new_thinking, logprob=event.logprob)
+    finally:
+        if applied is not None:
+            applied.close()
+
+
+def _call_id() -> str:
+    """An id in Ollama's shape for a call the model did not name (routes.go toolCallId)."""
+    return "call_" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def _extension(sent: str, now: str) -> str:
+    """What `now` adds to what was sent; nothing while a partial parse disagrees with it."""
+    return now[len(sent):] if now.startswith(sent) else ""
+
+
+@dataclass(frozen=True)
+class _Message:
+    content: str
+    reasoning: str
+    tool_calls: tuple[ToolCall, ...]
+
+
+def _parse(applied: ChatApplied, text: str, *, partial: bool) -> _Message:
+    try:
+        parsed = applied.parse(text, partial=partial)
+    except ShimError as exc:
+        if partial:
+            return _Message("", "", ())
+        # Better the model's words as they are than an error after the whole answer.
+        log.warning("could not parse the answer as the template's format (%s); returning it as content", exc)
+        return _Message(text, "", ())
+    return _Message(parsed.content, parsed.reasoning, parsed.tool_calls)
