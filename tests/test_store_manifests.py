@@ -63,7 +63,7 @@ def test_reads_a_store_written_by_ollama(tmp_path: Path) -> None:
     manifest = store.read(names.parse("tiny"))
     assert manifest.config.digest == raw["config"]["digest"]  # type: ignore[index]
     assert store.text(manifest.layer(MEDIA_TEMPLATE)) == "{{ .Prompt }}"  # type: ignore[arg-type]
-    [model] = store.list()
+    [model] = store.models()
     assert model.name.display() == "tiny:latest"
     manifest_bytes = (tmp_path / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
     assert model.digest == hashlib.sha256(manifest_bytes).hexdigest()
@@ -96,7 +96,7 @@ def test_writing_a_name_differing_in_case_replaces_the_model(tmp_path: Path) -> 
     store = Store(tmp_path)
     written = store.write(names.parse("tiny"), store.read(names.parse("Tiny")))
     assert written.model == "Tiny"
-    assert [m.name.model for m in store.list()] == ["Tiny"]
+    assert [m.name.model for m in store.models()] == ["Tiny"]
 
 
 def test_copy_shares_blobs_and_remove_keeps_shared_ones(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_copy_shares_blobs_and_remove_keeps_shared_ones(tmp_path: Path) -> None:
     blobs_before = set(store.blobs.digests())
     store.copy(names.parse("tiny"), names.parse("me/tiny-copy:v1"))
     assert set(store.blobs.digests()) == blobs_before
-    assert sorted(m.name.display() for m in store.list()) == ["me/tiny-copy:v1", "tiny:latest"]
+    assert sorted(m.name.display() for m in store.models()) == ["me/tiny-copy:v1", "tiny:latest"]
 
     assert store.delete(names.parse("tiny")) == []
     assert set(store.blobs.digests()) == blobs_before
@@ -114,7 +114,7 @@ def test_copy_shares_blobs_and_remove_keeps_shared_ones(tmp_path: Path) -> None:
     removed = store.delete(names.parse("me/tiny-copy:v1"))
     assert set(removed) == blobs_before
     assert list(store.blobs.digests()) == []
-    assert store.list() == []
+    assert store.models() == []
     assert os.listdir(tmp_path / "manifests") == []
 
 
@@ -147,7 +147,7 @@ def test_unreadable_manifest_blocks_pruning(tmp_path: Path) -> None:
     before = set(store.blobs.digests())
     assert store.delete(names.parse("a")) == []
     assert set(store.blobs.digests()) == before
-    assert [m.name.model for m in store.list()] == []
+    assert [m.name.model for m in store.models()] == []
 
 
 def test_prune_removes_orphans_and_leftovers(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_prune_removes_orphans_and_leftovers(tmp_path: Path) -> None:
     assert store.prune() == [orphan]
     assert not (tmp_path / "blobs" / ".partial-dead").exists()
     assert not (tmp_path / "manifests/registry.ollama.ai/library/tiny/.partial-x").exists()
-    assert store.list()[0].name.display() == "tiny:latest"
+    assert store.models()[0].name.display() == "tiny:latest"
 
 
 def test_manifest_naming_missing_or_resized_blobs_is_refused(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_hostile_manifest_in_store_does_not_break_listing(tmp_path: Path) -> Non
     evil.write_bytes(b'{"schemaVersion":2,"mediaType":"m","config":{"mediaType":"c","digest":'
                      b'"sha256-../../../../etc/passwd","size":1},"layers":[]}')
     store = Store(tmp_path)
-    assert [m.name.model for m in store.list()] == ["tiny"]
+    assert [m.name.model for m in store.models()] == ["tiny"]
     with pytest.raises(ManifestError):
         store.read(names.parse("evil"))
 

@@ -113,6 +113,11 @@ class BlobStore:
             if name.startswith("sha256-") and _DIGEST.fullmatch(name) and entry.is_file():
                 yield "sha256:" + name[7:]
 
+    def hash_file(self, path: Path) -> str:
+        """The digest a file would be stored under, without storing it."""
+        with path.open("rb") as f:
+            return _hash_stream(f)
+
     def verify(self, digest: str) -> bool:
         """Re-hashes a stored blob: for checks after a crash, not on every read."""
         path = self.path(digest)

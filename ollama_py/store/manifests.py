@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import msgspec
@@ -260,7 +260,7 @@ class Store:
                 except names.InvalidNameError:
                     continue
 
-    def list(self) -> list[LocalModel]:
+    def models(self) -> list[LocalModel]:
         """Every readable model, newest first, as `ollama list` orders them."""
         out = []
         for name, path in self._walk():
@@ -273,7 +273,7 @@ class Store:
                 continue
             out.append(LocalModel(
                 name=name, digest=hashlib.sha256(data).hexdigest(), size=manifest.size,
-                modified_at=datetime.fromtimestamp(mtime, tz=timezone.utc), config=self.config(manifest)))
+                modified_at=datetime.fromtimestamp(mtime, tz=UTC), config=self.config(manifest)))
         out.sort(key=lambda m: m.modified_at, reverse=True)
         return out
 

