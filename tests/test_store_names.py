@@ -93,6 +93,17 @@ def test_from_manifest_path_round_trips_and_refuses_strays() -> None:
             names.from_manifest_path(PurePosixPath(stray))
 
 
+@pytest.mark.parametrize("parts", [
+    {"host": "..", "namespace": "library", "model": "m", "tag": "latest"},
+    {"host": "registry.ollama.ai", "namespace": "library", "model": "a/../../b", "tag": "latest"},
+    {"host": "registry.ollama.ai", "namespace": "library", "model": "m", "tag": ""},
+    {"host": "/etc", "namespace": "library", "model": "m", "tag": "latest"},
+])
+def test_model_name_built_directly_is_checked_too(parts: dict[str, str]) -> None:
+    with pytest.raises(InvalidNameError):
+        ModelName(**parts)
+
+
 def test_model_name_is_frozen() -> None:
     name = ModelName(host="h", namespace="n", model="m", tag="t")
     with pytest.raises(AttributeError):

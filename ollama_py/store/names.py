@@ -49,6 +49,14 @@ class ModelName(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     tag: str
 
+    def __post_init__(self) -> None:
+        # Checked again here so that a ModelName built directly, not by parse(), is as safe as a path part.
+        name = f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        _check("host", self.host, _HOST, MAX_HOST_LEN, name)
+        _check("namespace", self.namespace, _NAMESPACE, MAX_PART_LEN, name)
+        _check("model", self.model, _MODEL_OR_TAG, MAX_PART_LEN, name)
+        _check("tag", self.tag, _MODEL_OR_TAG, MAX_PART_LEN, name)
+
     @property
     def key(self) -> tuple[str, str, str, str]:
         """Case-folded parts: two names with the same key are the same model."""
@@ -130,6 +138,7 @@ def parse(name: str) -> ModelName:
     host = segments[0] if len(segments) == 3 else DEFAULT_HOST
     namespace = segments[-2] if len(segments) >= 2 else DEFAULT_NAMESPACE
 
+    # Checked here too so that the message quotes the name as the user typed it.
     return ModelName(
         host=_check("host", host, _HOST, MAX_HOST_LEN, raw),
         namespace=_check("namespace", namespace, _NAMESPACE, MAX_PART_LEN, raw),
@@ -148,10 +157,4 @@ def from_manifest_path(relative: PurePosixPath) -> ModelName:
     if len(parts) != 4:
         raise InvalidNameError(f"{relative} is not host/namespace/model/tag")
     host, namespace, model, tag = parts
-    name = f"{host}/{namespace}/{model}:{tag}"
-    return ModelName(
-        host=_check("host", host, _HOST, MAX_HOST_LEN, name),
-        namespace=_check("namespace", namespace, _NAMESPACE, MAX_PART_LEN, name),
-        model=_check("model", model, _MODEL_OR_TAG, MAX_PART_LEN, name),
-        tag=_check("tag", tag, _MODEL_OR_TAG, MAX_PART_LEN, name),
-    )
+    return ModelName(host=host, namespace=namespace, model=model, tag=tag)
