@@ -292,6 +292,17 @@ def build_llama(pin: dict[str, str]) -> Path:
     return dist
 
 
+def build_llama_server() -> Path:
+    """llama-server from the same cmake build (same pin, same flags), for bench/."""
+    pin = read_pin()
+    dist = build_llama(pin)
+    build = dist.parent / "cmake"
+    jobs = os.environ.get("OLLAMA_PY_BUILD_JOBS") or str(os.cpu_count() or 2)
+    run_logged([find_tool(("cmake",), "cmake"), "--build", str(build), "--config", "Release", "-j", jobs,
+                "--target", "llama-server"], dist.parent / "build.log", "compiling llama-server")
+    return build / "bin" / "llama-server"
+
+
 def build_shim(dist: Path) -> Path:
     """Compiles ollama_py/native/shim.cpp; cached by its source and the llama build."""
     source = NATIVE_DIR / "shim.cpp"

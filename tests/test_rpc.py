@@ -48,7 +48,9 @@ def _free_port() -> int:
 @pytest.fixture
 def worker() -> Iterator[str]:
     port = _free_port()
-    proc = subprocess.Popen([str(LIB_DIR / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port)],
+    # The worker serves its CPU, so its arithmetic matches the local CPU run
+    # even on a machine with a GPU.
+    proc = subprocess.Popen([str(LIB_DIR / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-d", "CPU"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"127.0.0.1:{port}"
     try:

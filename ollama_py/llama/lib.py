@@ -88,7 +88,10 @@ def _load(name: str) -> ctypes.CDLL:
         raise LibraryNotBuilt(
             f"{path} is missing: ollama-py's native libraries were not built; "
             "reinstall the package (pip install -e .) to build them")
-    return ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    # RTLD_LOCAL: each library finds its own dependencies breadth-first, so
+    # libstdc++ comes before any C++ template copies a CUDA host compiler left
+    # exported in libggml-cuda (global loading let those interpose and crash).
+    return ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
 
 
 _native_log = _NativeLog()
@@ -97,8 +100,8 @@ _native_log = _NativeLog()
 @functools.cache
 def libs() -> Libraries:
     """Loads the libraries, initialises the backends and installs the log hook."""
-    ggml_cdll = _load("libggml.so.0")
     llama_cdll = _load("libllama.so.0")
+    ggml_cdll = _load("libggml.so.0")
     shim_cdll = _load("libollama_py_shim.so")
     loaded = Libraries(
         llama=_Functions(llama_cdll, capi.LLAMA_FUNCTIONS),
