@@ -37,6 +37,7 @@ from setuptools import build_meta as _setuptools
 ROOT = Path(__file__).resolve().parent
 PIN_FILE = ROOT / "vendor" / "llama.cpp" / "PIN"
 SOURCE_DIR = ROOT / "vendor" / "llama.cpp"
+STAMP = SOURCE_DIR / ".extracted"  # holds the sha256 of the sdist the subtree came from
 NATIVE_DIR = ROOT / "ollama_py" / "native"
 LIB_DIR = ROOT / "ollama_py" / "_lib"
 # Bump when the way artifacts are produced changes, to invalidate old caches.
@@ -121,8 +122,7 @@ def fetch_sdist(pin: dict[str, str]) -> Path:
 
 def source_extracted(pin: dict[str, str]) -> bool:
     """Whether vendor/llama.cpp/ already holds this pin's subtree (no download needed)."""
-    stamp = SOURCE_DIR / ".extracted"
-    return stamp.exists() and stamp.read_text() == pin["sha256"]
+    return STAMP.exists() and STAMP.read_text() == pin["sha256"]
 
 
 def extract_subtree(sdist: Path, pin: dict[str, str]) -> None:
@@ -141,7 +141,7 @@ def extract_subtree(sdist: Path, pin: dict[str, str]) -> None:
             member.name = relative
             members.append(member)
         tar.extractall(SOURCE_DIR, members=members, filter="data")
-    stamp.write_text(pin["sha256"])
+    STAMP.write_text(pin["sha256"])
 
 
 def find_tool(names: tuple[str, ...], what: str) -> str:
