@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,13 @@ class Settings:
     kv_cache_type: str = "f16"
     noprune: bool = False
     debug: bool = False
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never in a log line
+    api_keys_file: str = ""
+    allow_unauthenticated: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_size: int = 64 << 20
+    max_num_ctx: int = 131072
+    max_num_predict: int = 32768
 
 
 # field -> (environment variable, parser, description)
@@ -74,7 +81,21 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "kv_cache_type": ("OLLAMA_KV_CACHE_TYPE", str.strip, "KV cache type: f16, q8_0 or q4_0"),
     "noprune": ("OLLAMA_NOPRUNE", _bool, "keep unused blobs when models are removed"),
     "debug": ("OLLAMA_DEBUG", _bool, "verbose logging"),
+    "api_keys": ("OLLAMA_PY_API_KEYS", _list,
+                 "API keys clients must send as 'Authorization: Bearer KEY', comma separated; "
+                 "KEY:read limits a key to inference and listing"),
+    "api_keys_file": ("OLLAMA_PY_API_KEYS_FILE", lambda raw: str(_path(raw)),
+                      "file of API keys, one per line as 'KEY' or 'KEY read'; # starts a comment"),
+    "allow_unauthenticated": ("OLLAMA_PY_ALLOW_UNAUTHENTICATED", _bool,
+                              "serve on a non-loopback address without API keys"),
+    "allowed_hosts": ("OLLAMA_PY_ALLOWED_HOSTS", _list,
+                      "extra Host header names accepted (against DNS rebinding), comma separated"),
+    "max_body_size": ("OLLAMA_PY_MAX_BODY_SIZE", _int, "largest JSON request body in bytes (blob uploads excepted)"),
+    "max_num_ctx": ("OLLAMA_PY_MAX_NUM_CTX", _int, "largest num_ctx a request may ask for"),
+    "max_num_predict": ("OLLAMA_PY_MAX_NUM_PREDICT", _int, "most tokens one answer may generate"),
 }
+# Values never logged or shown.
+SECRETS = frozenset({"api_keys"})
 
 
 def describe() -> dict[str, str]:

@@ -85,6 +85,17 @@ class _Stream:
 
 
 @dataclass(frozen=True)
+class RunnerStats:
+    """A snapshot for metrics, read without stopping the runner thread (so only roughly consistent)."""
+
+    slots_busy: int
+    slots_total: int
+    waiting: int  # submitted, not yet given a slot
+    kv_tokens: int  # tokens whose keys and values the context holds, over all slots
+    kv_capacity: int
+
+
+@dataclass(frozen=True)
 class _Submit:
     request: GenerationRequest
     stream: _Stream
@@ -207,6 +218,12 @@ class Runner:
     @property
     def alive(self) -> bool:
         return self._dead is None
+
+    def stats(self) -> RunnerStats:
+        return RunnerStats(
+            slots_busy=sum(1 for s in self._slots if s.job is not None), slots_total=len(self._slots),
+            waiting=len(self._waiting) + self._inbox.qsize(),
+            kv_tokens=sum(len(s.cache) for s in self._slots), kv_capacity=self.num_ctx * len(self._slots))
 
     @property
     def steps(self) -> int:

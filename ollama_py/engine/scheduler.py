@@ -86,6 +86,7 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     path: Path
     runner: RunnerOptions = RunnerOptions()
     num_gpu: int = -1  # layers on the GPU; -1: as many as fit
+    template: str = ""  # a Jinja chat template to use instead of the GGUF's own
 
     def load(self) -> Model:
         return Model(self.path, ModelOptions(n_gpu_layers=self.num_gpu))
@@ -200,7 +201,7 @@ class Scheduler:
             model = spec.load()
             try:
                 runner = Runner(model, spec.runner)
-                formatter = ChatFormatter(model)
+                formatter = ChatFormatter(model, spec.template)
             except BaseException:
                 model.close()
                 raise

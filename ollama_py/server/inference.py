@@ -1,0 +1,150 @@
+"""Generation for one request: resolve the model, hold it loaded, render the prompt, stream the answer.
+
+The native and the OpenAI handlers both come through here; they differ only in
+the shapes they read and write. Everything that can refuse the request
+(unknown model, bad option, prompt too long) happens before the first event,
+so the streaming layer can still answer it with a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from ollama_py.api import native
+from ollama_py.api.options import Options
+from ollama_py.engine.chat import (
+    ChatDelta,
+    ChatDone,
+    ChatEvent,
+    ChatFormatter,
+    ChatRequest,
+    PreparedChat,
+    chat,
+)
+from ollama_py.engine.runner import Runner
+from ollama_py.engine.scheduler import Lease
+from ollama_py.engine.types import Sampling
+from ollama_py.server import models
+from ollama_py.server.models import ResolvedModel
+from ollama_py.server.services import record, services
+
+
+def request_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+async def resolve(request: web.Request, name: str) -> ResolvedModel:
+    """The request's model from the store; the default model is imported on its first use."""
+    svc = services(request)
+    model = await asyncio.to_thread(models.resolve, svc.store, svc.settings, name)
+    record(request).model = model.name.display()
+    return model
+
+
+@dataclass(frozen=True)
+class Held:
+    """A model held loaded for one request, and how that request samples."""
+
+    model: ResolvedModel
+    lease: Lease
+    sampling: Sampling
+
+    @property
+    def runner(self) -> Runner:
+        return self.lease.loaded.runner
+
+    @property
+    def formatter(self) -> ChatFormatter:
+        return self.lease.loaded.formatter
+
+
+@asynccontextmanager
+async def hold(request: web.Request, model: ResolvedModel, options: Options | None,
+               keep_alive: float | None) -> AsyncIterator[Held]:
+    """Loads the model if needed (Busy when too many wait) and keeps it for the body of the `async with`."""
+    svc = services(request)
+    plan = models.plan(svc.settings, model, options)
+    async with svc.scheduler.acquire(model.key, plan.spec, keep_alive) as lease:
+        record(request).load_duration = lease.load_duration
+        yield Held(model=model, lease=lease, sampling=plan.sampling)
+
+
+def message_dict(message: native.Message) -> dict[str, Any]:
+    """A native message as the chat templates take it (OpenAI's shape)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.thinking:
+        out["reasoning_content"] = message.thinking
+    if message.images:
+        out["images"] = message.images
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"type": "function", **({"id": c.id} if c.id else {}),
+             "function": {"name": c.function.name, "arguments": orjson.dumps(c.function.arguments).decode()}}
+            for c in message.tool_calls]
+    if message.tool_name:
+        out["name"] = message.tool_name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def with_modelfile(model: ResolvedModel, messages: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The conversation with the Modelfile's MESSAGEs before it, and its SYSTEM first unless it has one."""
+    turns = [{"role": m.role, "content": m.content} for m in model.messages] + messages
+    if model.system and not (messages and messages[0]["role"] == "system"):
+        turns.insert(0, {"role": "system", "content": model.system})
+    return tuple(turns)
+
+
+async def answer(request: web.Request, held: Held,
+                 prepare: Callable[[], PreparedChat]) -> AsyncGenerator[ChatEvent, None]:
+    """Renders the prompt (in a thread: tokenizing a long prompt takes a while) and streams the answer.
+
+    Fills the request's record for the access log and the metrics as it goes.
+    """
+    prepared = await asyncio.to_thread(prepare)
+    rec = record(request)
+    try:
+        async with aclosing(chat(held.runner, prepared)) as events:  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, ChatDelta) and (event.content or event.thinking):
+                    rec.token_seen()
+                elif isinstance(event, ChatDone):
+                    rec.prompt_tokens = event.done.prompt_tokens
+                    rec.eval_tokens = event.done.eval_count
+                    rec.eval_duration = event.done.eval_duration
+                yield event
+    finally:
+        if prepared.applied is not None:
+            prepared.applied.close()  # chat() closes it too, unless it never started
+
+
+async def converse(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
+                   chat_request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
+    """Holds the model and streams its answer to a conversation, sampled as options and Modelfile say."""
+    async with hold(request, model, options, keep_alive) as held:
+        conversation = msgspec.structs.replace(chat_request, sampling=held.sampling)
+        async for event in answer(request, held, lambda: held.formatter.prepare(conversation, held.runner.num_ctx)):
+            yield event
+
+
+async def embed(request: web.Request, model: ResolvedModel, inputs: list[str], *, options: Options | None,
+                keep_alive: float | None, truncate: bool = True,
+                dimensions: int | None = None) -> tuple[list[list[float]], int]:
+    """One vector per input and the tokens embedded; no inputs only loads the model."""
+    async with hold(request, model, options, keep_alive) as held:
+        if not inputs:
+            return [], 0
+        embedder = await held.lease.loaded.get_embedder()
+        result = await asyncio.to_thread(embedder.embed, inputs, truncate=truncate, dimensions=dimensions)
+    record(request).prompt_tokens = result.prompt_eval_count
+    return result.embeddings, result.prompt_eval_count

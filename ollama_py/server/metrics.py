@@ -1,0 +1,77 @@
+"""Prometheus metrics: counters and histograms fed per request, gauges read from the engine at scrape time.
+
+Each app has its own registry, so several servers in one process (tests) do
+not share counts. Queue depth and KV-cache use are named as the Gateway API
+Inference Extension's model-server protocol expects gauges of that meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ollama_py.engine.scheduler import Scheduler
+from ollama_py.store import names
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PREFIX = "ollama_py"
+# Seconds; first tokens range from a cached prompt on a GPU to a long prefill on a CPU.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class _EngineCollector(Collector):
+    """Reads the scheduler and each loaded runner when Prometheus scrapes."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        scheduler = self._scheduler
+        waiting = GaugeMetricFamily(f"{_PREFIX}_num_requests_waiting",
+                                    "Requests waiting for a model or for a free slot")
+        loaded = GaugeMetricFamily(f"{_PREFIX}_loaded_models", "Models loaded now")
+        busy = GaugeMetricFamily(f"{_PREFIX}_slots_busy", "Sequences generating now", labels=["model"])
+        total = GaugeMetricFamily(f"{_PREFIX}_slots_total", "Sequences a loaded model can run at once",
+                                  labels=["model"])
+        kv = GaugeMetricFamily(f"{_PREFIX}_kv_cache_usage_perc",
+                               "Share of the KV cache holding tokens (0 to 1)", labels=["model"])
+        entries = scheduler.loaded()
+        queued = scheduler.waiting
+        for entry in entries:
+            stats = entry.runner.stats()
+            queued += stats.waiting
+            label = [names.parse(entry.name).display()]  # as the request metrics name it
+            busy.add_metric(label, stats.slots_busy)
+            total.add_metric(label, stats.slots_total)
+            kv.add_metric(label, stats.kv_tokens / stats.kv_capacity if stats.kv_capacity else 0.0)
+        waiting.add_metric([], queued)
+        loaded.add_metric([], len(entries))
+        yield from (waiting, loaded, busy, total, kv)
+
+
+class Metrics:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(f"{_PREFIX}_requests", "HTTP requests answered", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram(f"{_PREFIX}_request_duration_seconds", "Time to answer a request, streams included",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.prompt_tokens = Counter(f"{_PREFIX}_prompt_tokens", "Prompt tokens of finished generations",
+                                     ["model"], registry=self.registry)
+        self.generated_tokens = Counter(f"{_PREFIX}_generation_tokens", "Tokens generated", ["model"],
+                                        registry=self.registry)
+        self.ttft = Histogram(f"{_PREFIX}_time_to_first_token_seconds",
+                              "From the request's arrival to its first generated text", ["model"],
+                              buckets=_TTFT_BUCKETS, registry=self.registry)
+        self.tpot = Histogram(f"{_PREFIX}_time_per_output_token_seconds",
+                              "Mean time per generated token after the first, per request", ["model"],
+                              buckets=_TPOT_BUCKETS, registry=self.registry)
+        self.registry.register(_EngineCollector(scheduler))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

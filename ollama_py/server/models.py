@@ -1,0 +1,165 @@
+"""A request's model: its name resolved in the store, its Modelfile, and how to load and sample it.
+
+Options are laid over each other as Ollama does: engine defaults, then the
+Modelfile's PARAMETERs, then the request's `options`. The bounds an operator
+sets (OLLAMA_PY_MAX_NUM_CTX, OLLAMA_PY_MAX_NUM_PREDICT) apply last.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from ollama_py.api import native
+from ollama_py.api.codec import BadRequest
+from ollama_py.api.options import Duration, Options, from_parameters
+from ollama_py.engine.runner import RunnerOptions
+from ollama_py.engine.scheduler import LoadSpec, parse_keep_alive
+from ollama_py.engine.types import Sampling
+from ollama_py.settings import Settings
+from ollama_py.store import create, gguf, names
+from ollama_py.store.manifests import (
+    MEDIA_MESSAGES,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
+    MEDIA_PROMPT,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    Manifest,
+    ModelConfig,
+    Store,
+)
+from ollama_py.store.modelfile import Message
+from ollama_py.store.names import ModelName
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A stored model and what its Modelfile says."""
+
+    name: ModelName  # as stored (the case on disk)
+    manifest: Manifest
+    config: ModelConfig
+    path: Path  # the GGUF weights
+    parameters: Options
+    template: str | None
+    system: str | None
+    messages: tuple[Message, ...]
+
+    @property
+    def key(self) -> str:
+        """The scheduler's name for it: one loaded instance per stored name."""
+        return str(self.name)
+
+    def details(self) -> native.ModelDetails:
+        return model_details(self.config)
+
+
+def model_details(config: ModelConfig) -> native.ModelDetails:
+    return native.ModelDetails(format=config.model_format, family=config.model_family,
+                               families=config.model_families, parameter_size=config.model_type,
+                               quantization_level=config.file_type)
+
+
+def parse_name(raw: str) -> ModelName:
+    """A request's model name; Ollama's messages for the empty and the malformed name."""
+    if not raw.strip():
+        raise BadRequest("model is required")
+    return names.parse(raw)
+
+
+def resolve(store: Store, settings: Settings, raw: str) -> ResolvedModel:
+    """Reads a model from the store (importing the default model on first use). Blocking: run it in a thread."""
+    name = create.resolve(store, parse_name(raw), settings)
+    manifest = store.read(name)
+    weights = manifest.layer(MEDIA_MODEL)
+    if weights is None:
+        raise ValueError(f"{name.display()} has no model weights: it cannot generate or embed")
+    template = manifest.layer(MEDIA_TEMPLATE) or manifest.layer(MEDIA_PROMPT)
+    system = manifest.layer(MEDIA_SYSTEM)
+    params = manifest.layer(MEDIA_PARAMS)
+    messages = manifest.layer(MEDIA_MESSAGES)
+    return ResolvedModel(
+        name=name, manifest=manifest, config=store.config(manifest), path=store.blobs.path(weights.digest),
+        parameters=from_parameters(msgspec.json.decode(store.text(params))) if params else Options(),
+        template=store.text(template) if template else None,
+        system=store.text(system) if system else None,
+        messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else ())
+
+
+def jinja_template(model: ResolvedModel) -> str:
+    """The Jinja chat template to render with, or "" for the GGUF's own.
+
+    A TEMPLATE derived from the GGUF's template at import means the GGUF's own
+    (llama.cpp renders it exactly). A TEMPLATE written in Jinja (`{%` tags,
+    which Go templates never use) is an ollama-py extension: it is rendered
+    by the same engine, so a Modelfile can give a model tool calling.
+    """
+    if model.template and "{%" in model.template:
+        return model.template
+    return ""
+
+
+def capabilities(model: ResolvedModel) -> list[str]:
+    """What the model can do, inferred as Ollama does from its files and template."""
+    info = gguf.read(model.path)
+    arch = info.architecture or ""
+    template = model.template or ""
+    if not template or template == create.derived_template(info.chat_template):
+        template = info.chat_template or ""
+    caps = ["embedding"] if f"{arch}.pooling_type" in info.metadata and not info.chat_template else ["completion"]
+    if "tools" in template.lower():
+        caps.append("tools")
+    if model.manifest.layer(MEDIA_PROJECTOR) is not None:
+        caps.append("vision")
+    if "<think>" in template or ".Think" in template or "enable_thinking" in template:
+        caps.append("thinking")
+    return caps
+
+
+def keep_alive(value: Duration | None) -> float | None:
+    """Seconds to keep the model after the request (None: the server's default)."""
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise BadRequest(f"keep_alive: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to load the model and how to sample this request's answer."""
+
+    spec: LoadSpec
+    sampling: Sampling
+
+
+def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> Plan:
+    opts = request.over(model.parameters) if request is not None else model.parameters
+    num_ctx = opts.num_ctx or settings.context_length
+    if num_ctx > settings.max_num_ctx:
+        raise BadRequest(f"options.num_ctx: {num_ctx} is more than this server allows ({settings.max_num_ctx})")
+    runner = RunnerOptions(num_ctx=num_ctx, num_parallel=settings.num_parallel, num_batch=opts.num_batch or 512,
+                           num_thread=opts.num_thread or 0, flash_attention=settings.flash_attention,
+                           kv_cache_type=settings.kv_cache_type)
+    spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
+                    template=jinja_template(model))
+    sampling = Sampling()
+    fields = {f: v for f in Sampling.__struct_fields__ if (v := getattr(opts, f, None)) is not None}
+    if "stop" in fields:
+        fields["stop"] = tuple(fields["stop"])
+    sampling = msgspec.structs.replace(sampling, **fields)
+    # -1 (until a stop) and -2 (until the context is full) both end at the context's end here.
+    limit = settings.max_num_predict
+    wanted = sampling.num_predict
+    bounded = limit if wanted < 0 else min(wanted, limit)
+    if bounded != wanted and wanted >= 0:
+        log.info("num_predict %d lowered to this server's limit %d", wanted, limit)
+    return Plan(spec=spec, sampling=msgspec.structs.replace(sampling, num_predict=bounded))

@@ -1,0 +1,255 @@
+"""Ollama's model routes: /api/tags, /api/show, /api/ps, /api/copy, /api/delete, /api/create, /api/blobs.
+
+The store is synchronous and touches the disk, so every call into it runs in
+a worker thread; the event loop keeps serving streams meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import StreamReader, web
+
+from ollama_py.api import codec, native
+from ollama_py.api.options import Options
+from ollama_py.engine.scheduler import Loaded
+from ollama_py.llama.devices import devices
+from ollama_py.server import inference, models, streaming
+from ollama_py.server.models import ResolvedModel, model_details
+from ollama_py.server.services import record, services
+from ollama_py.store import create, gguf, names
+from ollama_py.store.blobs import check_digest
+from ollama_py.store.create import Progress
+from ollama_py.store.manifests import ModelNotFoundError, Store
+from ollama_py.store.modelfile import (
+    DEPRECATED_PARAMETERS,
+    MESSAGE_ROLES,
+    PARAMETER_TYPES,
+    Message,
+    Modelfile,
+    render,
+)
+from ollama_py.store.names import ModelName
+
+# Keep-alive "forever" as a time: Ollama shows the far future, not an absent field.
+_FOREVER = timedelta(days=365 * 100)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone().isoformat()
+
+
+# ---- /api/tags ----------------------------------------------------------------------
+
+
+async def tags(request: web.Request) -> web.StreamResponse:
+    stored = await asyncio.to_thread(services(request).store.models)
+    return streaming.json(native.ListResponse(models=[
+        native.ListModel(name=m.name.display(), model=m.name.display(), modified_at=_rfc3339(m.modified_at),
+                         size=m.size, digest=m.digest, details=model_details(m.config))
+        for m in stored]))
+
+
+# ---- /api/show ----------------------------------------------------------------------
+
+
+def _parameters_text(parameters: Options) -> str:
+    """PARAMETERs as Ollama prints them: name padded to 30, value Go-quoted, one line per list item."""
+    lines = []
+    for key, value in msgspec.to_builtins(parameters).items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<30} {orjson.dumps(item).decode()}")
+    return "\n".join(lines)
+
+
+def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowResponse:
+    info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+    model_info = info.model_info()
+    stored = next(m for m in store.models() if m.name.same(model.name))
+    modelfile = create.to_modelfile(store, model.name)
+    return native.ShowResponse(
+        license="\n".join(modelfile.licenses),
+        modelfile=render(modelfile, generated_for=model.name.display()),
+        parameters=_parameters_text(model.parameters),
+        template=model.template or "",
+        system=model.system or "",
+        details=model.details(),
+        messages=[native.ResponseMessage(role=m.role, content=m.content) for m in model.messages] or None,
+        model_info=model_info,
+        capabilities=models.capabilities(model),
+        modified_at=_rfc3339(stored.modified_at))
+
+
+async def show(request: web.Request) -> web.StreamResponse:
+    req = codec.decode(await request.read(), native.ShowRequest)
+    model = await inference.resolve(request, req.target)
+    return streaming.json(await asyncio.to_thread(_show, services(request).store, model, req.verbose))
+
+
+# ---- /api/ps ------------------------------------------------------------------------
+
+
+def _process(store: Store, entry: Loaded, expires_in: float) -> native.ProcessModel:
+    name = names.parse(entry.name)
+    try:
+        manifest = store.read(name)
+        details, digest = model_details(store.config(manifest)), store.manifest_digest(name)
+    except ModelNotFoundError:  # removed from the store while loaded
+        details, digest = native.ModelDetails(), ""
+    expires = datetime.now(UTC) + (timedelta(seconds=expires_in) if math.isfinite(expires_in) else _FOREVER)
+    on_gpu = entry.spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
+    return native.ProcessModel(name=name.display(), model=name.display(), size=entry.model.size, digest=digest,
+                               details=details, expires_at=_rfc3339(expires), size_vram=entry.model.size if on_gpu else 0,
+                               context_length=entry.runner.num_ctx)
+
+
+async def ps(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    now = asyncio.get_running_loop().time()
+    # A model in use shows when it would expire if its requests ended now, as Ollama does.
+    loaded = [(e, e.keep_alive if math.isinf(e.expires_at) else e.expires_at - now) for e in svc.scheduler.loaded()]
+    found = await asyncio.to_thread(lambda: [_process(svc.store, e, left) for e, left in loaded])
+    return streaming.json(native.ProcessResponse(models=found))
+
+
+# ---- /api/copy, /api/delete ---------------------------------------------------------
+
+
+async def copy(request: web.Request) -> web.StreamResponse:
+    req = codec.decode(await request.read(), native.CopyRequest)
+    source, destination = models.parse_name(req.source), models.parse_name(req.destination)
+    record(request).model = source.display()
+    await asyncio.to_thread(services(request).store.copy, source, destination)
+    return web.Response()
+
+
+async def delete(request: web.Request) -> web.StreamResponse:
+    req = codec.decode(await request.read(), native.ModelRequest)
+    name = models.parse_name(req.target)
+    record(request).model = name.display()
+    svc = services(request)
+    stored = await asyncio.to_thread(svc.store.resolve, name)
+    if stored is None:
+        raise ModelNotFoundError(f"model '{name.display()}' not found")
+    await svc.scheduler.unload(str(stored))
+    await asyncio.to_thread(svc.store.delete, stored)
+    return web.Response()
+
+
+# ---- /api/create --------------------------------------------------------------------
+
+
+def _blob_file(store: Store, field: str, filename: str, digest: str) -> Path:
+    """A file named in `files`/`adapters`: a relative name, and an uploaded blob."""
+    pure = PurePosixPath(filename.replace("\\", "/"))
+    if not filename or pure.is_absolute() or ".." in pure.parts:
+        raise codec.BadRequest(f"{field}: file path must be relative and stay inside the model: {filename[:100]!r}")
+    path = store.blobs.path(check_digest(digest))
+    if not path.is_file():
+        raise codec.BadRequest(f"{field}: {filename}: blob {digest} not found; upload it with POST /api/blobs/{digest}")
+    return path
+
+
+def _ggufs(store: Store, field: str, files: dict[str, str] | None) -> list[Path]:
+    paths = []
+    for filename, digest in (files or {}).items():
+        if not filename.lower().endswith(".gguf"):
+            raise codec.BadRequest(f"{field}: {filename}: only GGUF files are supported (convert safetensors first)")
+        paths.append(_blob_file(store, field, filename, digest))
+    return paths
+
+
+def _parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """Checked PARAMETERs: known names, right types; deprecated ones dropped as Ollama drops them."""
+    out: dict[str, Any] = {}
+    for key, value in (parameters or {}).items():
+        if key in DEPRECATED_PARAMETERS:
+            continue
+        if key not in PARAMETER_TYPES:
+            raise codec.BadRequest(f"parameters: unknown parameter '{key}'")
+        out[key] = [value] if key == "stop" and isinstance(value, str) else value
+    try:
+        msgspec.convert(out, Options)
+    except msgspec.ValidationError as exc:
+        raise codec.BadRequest(f"parameters: {exc}") from None
+    return out
+
+
+def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
+    """The request as the Modelfile the store builds from; FROM is a model name or an uploaded blob, never a path."""
+    if req.from_:
+        from_ = str(models.parse_name(req.from_))
+    else:
+        weights = _ggufs(store, "files", req.files)
+        if not weights:
+            raise codec.BadRequest("neither 'from' or 'files' was specified")
+        if len(weights) > 1:
+            raise codec.BadRequest("files: a model is one GGUF file; split or multi-file GGUFs are not supported")
+        from_ = str(weights[0])
+    for message in req.messages or ():
+        if message.role not in MESSAGE_ROLES:
+            raise codec.BadRequest(f"messages: role must be one of {', '.join(MESSAGE_ROLES)}, not {message.role!r}")
+    licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
+    return Modelfile(from_=from_, parameters=_parameters(req.parameters), template=req.template, system=req.system,
+                     adapters=[str(p) for p in _ggufs(store, "adapters", req.adapters)], licenses=licenses,
+                     messages=[Message(m.role, m.content) for m in req.messages or ()])
+
+
+async def create_model(request: web.Request) -> web.StreamResponse:
+    req = codec.decode(await request.read(), native.CreateRequest)
+    name = models.parse_name(req.target)
+    record(request).model = name.display()
+    if req.quantize or req.quantization:
+        raise codec.BadRequest("quantize: quantizing is not supported; create from a GGUF already quantized")
+    svc = services(request)
+    modelfile = await asyncio.to_thread(_modelfile, svc.store, req)
+
+    def work(progress: Progress, cancel: threading.Event) -> ModelName:
+        # An empty folder as the Modelfile's folder: nothing the request names can be a local file.
+        with tempfile.TemporaryDirectory() as empty:
+            return create.create(svc.store, name, modelfile, base_dir=Path(empty), progress=progress,
+                                 resolve_default=svc.settings)
+
+    updates = streaming.progress_from_thread(work)
+    if req.stream:
+        return await streaming.ndjson(request, updates)
+    return streaming.json(await streaming.last(updates))
+
+
+# ---- /api/blobs/:digest -------------------------------------------------------------
+
+
+async def blob_exists(request: web.Request) -> web.StreamResponse:
+    digest = check_digest(request.match_info["digest"])
+    found = await asyncio.to_thread(services(request).store.blobs.exists, digest)
+    return web.Response(status=200 if found else 404)
+
+
+class _BodyReader:
+    """The request body as a blocking file for the store's writer thread, read on the event loop."""
+
+    def __init__(self, content: StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        self._content = content
+        self._loop = loop
+
+    def read(self, size: int = -1) -> bytes:
+        return asyncio.run_coroutine_threadsafe(self._content.read(size), self._loop).result()
+
+
+async def upload_blob(request: web.Request) -> web.StreamResponse:
+    """Stores the body under its digest: 201 when new, 200 when already there, 400 when it hashes differently."""
+    digest = check_digest(request.match_info["digest"])
+    blobs = services(request).store.blobs
+    if await asyncio.to_thread(blobs.exists, digest):
+        return web.Response(status=200)
+    reader = _BodyReader(request.content, asyncio.get_running_loop())
+    await asyncio.to_thread(blobs.write_stream, reader, digest=digest)  # type: ignore[arg-type]
+    return web.Response(status=201)

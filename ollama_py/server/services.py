@@ -1,0 +1,58 @@
+"""What a handler reaches: the app's long-lived services, and its own request's record.
+
+The record is filled as the request goes (model, token counts, first-token
+time) and read once at the end by the access log and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ollama_py.engine.scheduler import Scheduler
+from ollama_py.server.metrics import Metrics
+from ollama_py.settings import Settings
+from ollama_py.store.manifests import Store
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    scheduler: Scheduler
+    metrics: Metrics
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+@dataclass
+class RequestRecord:
+    """One request, as the access log line and the metrics report it; durations in nanoseconds."""
+
+    started: int = field(default_factory=time.monotonic_ns)
+    model: str = ""
+    prompt_tokens: int = 0
+    eval_tokens: int = 0
+    load_duration: int = 0
+    first_token: int = 0  # monotonic time of the first generated text; 0 if none
+    eval_duration: int = 0
+    error: str = ""  # a failure after streaming began (the status was already 200)
+
+    def token_seen(self) -> None:
+        if not self.first_token:
+            self.first_token = time.monotonic_ns()
+
+
+RECORD = web.RequestKey("record", RequestRecord)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def record(request: web.Request) -> RequestRecord:
+    """This request's record, made by the logging middleware."""
+    return request[RECORD]

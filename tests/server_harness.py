@@ -1,0 +1,93 @@
+"""A real ollama-py server on a loopback port, for tests that drive it with real clients.
+
+The server runs its own event loop in a thread, exactly as `serve` runs it
+(handler cancellation on, our access log), so synchronous clients (`ollama`,
+`openai`, httpx) and asyncio tests can both talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from ollama_py.server.app import make_app
+from ollama_py.settings import Settings
+from ollama_py.store import create
+from ollama_py.store.manifests import Store
+
+MODEL = "smollm2:135m"
+
+
+def server_settings(store_root: Path, cache: Path, **changes: object) -> Settings:
+    """Small contexts and few slots: two CPU cores are shared by everything the tests run."""
+    base = Settings(models=store_root, cache=cache, num_parallel=2, context_length=1024, max_loaded_models=2,
+                    keep_alive="5m", noprune=True)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def default_store(root: Path, cache: Path) -> Store:
+    """A store holding the default model, imported the way the server imports it on first use."""
+    store = Store(root, noprune=True)
+    create.import_default(store, server_settings(root, cache))
+    return store
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="live server", daemon=True)
+        self._thread.start()
+        started.wait()
+        if not self.port:
+            raise RuntimeError("the test server did not start")
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        finally:
+            started.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(make_app(self.settings, store=self.store), handler_cancellation=True,
+                                     access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(60)
+        self.loop.close()
+
+
+@contextmanager
+def live_server(settings: Settings, store: Store) -> Iterator[LiveServer]:
+    server = LiveServer(settings, store)
+    try:
+        yield server
+    finally:
+        server.stop()
