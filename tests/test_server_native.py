@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.store import create
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import (
+    MODEL,
+    LiveServer,
+    default_store,
+    live_server,
+    server_settings,
+)
+from tests.test_shim import HERMES_TEMPLATE, WEATHER_TOOL
 
 GREEDY = {"temperature": 0, "num_predict": 12}
 
@@ -244,3 +252,29 @@ def test_raw_generate_skips_the_template(http: httpx.Client) -> None:
 def test_unknown_route_is_a_json_404(http: httpx.Client) -> None:
     response = http.get("/api/nothing")
     assert response.status_code == 404 and "error" in response.json()
+
+
+def test_tool_calls_through_the_ollama_client(client: ollama.Client) -> None:
+    client.create("tools-native", from_=MODEL, template=HERMES_TEMPLATE)
+    assert "tools" in client.show("tools-native").capabilities
+
+    def turns(city: str) -> list[dict[str, object]]:
+        call = {"function": {"name": "get_weather", "arguments": {"city": city}}}
+        return [{"role": "user", "content": f"What is the weather in {city}?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_name": "get_weather", "content": "12C, cloudy"},
+                {"role": "assistant", "content": f"It is 12C and cloudy in {city}."}]
+
+    messages = [*turns("London"), *turns("Berlin"), *turns("Rome"),
+                {"role": "user", "content": "What is the weather in Paris?"}]
+
+    def ask(seed: int) -> ollama.ChatResponse:
+        return client.chat("tools-native", messages=messages, tools=[WEATHER_TOOL],
+                           options={"num_predict": 60, "seed": seed})
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    calls = [call for a in answers for call in a.message.tool_calls or []]
+    assert calls, [a.message.content for a in answers]
+    assert all(c.function.name == "get_weather" and isinstance(c.function.arguments["city"], str) for c in calls)
+    client.delete("tools-native")

@@ -79,7 +79,7 @@ def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def busy_slots(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
-    found = re.search(r'^ollama_py_slots_busy\{model="smollm2:135m"\} (\S+)$', text, re.M)
+    found = re.search(r'^ollama_py_slots_busy\{model="smollm2:135m"\} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 

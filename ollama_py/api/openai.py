@@ -61,7 +61,7 @@ class FunctionCall(msgspec.Struct, kw_only=True):
 
 class ToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str = ""
-    type: str = "function"
+    type: Literal["function"]  # no default, so always sent
     function: FunctionCall
     index: int | None = None  # in stream deltas
 
@@ -174,7 +174,7 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
-    role: str = "assistant"
+    role: str  # no default, so always sent
     content: str | None = None
     reasoning: str | None = None
     tool_calls: list[ToolCall] | None = None

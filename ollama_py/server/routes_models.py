@@ -107,8 +107,8 @@ def _process(store: Store, entry: Loaded, expires_in: float) -> native.ProcessMo
     expires = datetime.now(UTC) + (timedelta(seconds=expires_in) if math.isfinite(expires_in) else _FOREVER)
     on_gpu = entry.spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
     return native.ProcessModel(name=name.display(), model=name.display(), size=entry.model.size, digest=digest,
-                               details=details, expires_at=_rfc3339(expires), size_vram=entry.model.size if on_gpu else 0,
-                               context_length=entry.runner.num_ctx)
+                               details=details, expires_at=_rfc3339(expires),
+                               size_vram=entry.model.size if on_gpu else 0, context_length=entry.runner.num_ctx)
 
 
 async def ps(request: web.Request) -> web.StreamResponse:

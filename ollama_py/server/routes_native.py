@@ -186,7 +186,8 @@ async def _chat_chunks(request: web.Request, req: native.ChatRequest, model: Res
             continue
         yield native.ChatResponse(
             model=req.model, created_at=now(), done=True, done_reason=str(event.done.reason),
-            message=native.ResponseMessage(role="assistant", content="", tool_calls=native_tool_calls(event.tool_calls)),
+            message=native.ResponseMessage(role="assistant", content="",
+                                           tool_calls=native_tool_calls(event.tool_calls)),
             **_metrics(request, event))
 
 

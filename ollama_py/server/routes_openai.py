@@ -63,7 +63,7 @@ def _logprob(lp: Logprob) -> openai.TokenLogprob:
 
 
 def _tool_calls(calls: tuple[ToolCall, ...], *, indexed: bool) -> list[openai.ToolCall] | None:
-    return [openai.ToolCall(id=c.id, function=openai.FunctionCall(name=c.name, arguments=c.arguments),
+    return [openai.ToolCall(id=c.id, type="function", function=openai.FunctionCall(name=c.name, arguments=c.arguments),
                             index=i if indexed else None) for i, c in enumerate(calls)] or None
 
 
@@ -155,7 +155,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if event.logprob is not None:
                 logprobs.append(_logprob(event.logprob))
             continue
-        message = openai.AssistantMessage(content="".join(content), reasoning="".join(reasoning) or None,
+        message = openai.AssistantMessage(role="assistant", content="".join(content),
+                                          reasoning="".join(reasoning) or None,
                                           tool_calls=_tool_calls(event.tool_calls, indexed=False))
         choice = openai.ChatChoice(message=message, finish_reason=_finish_reason(event),
                                    logprobs=openai.ChoiceLogprobs(content=logprobs) if req.logprobs else None)

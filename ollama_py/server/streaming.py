@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -35,7 +35,8 @@ def _sse(item: Any) -> bytes:
 
 
 async def _stream(request: web.Request, items: AsyncGenerator[Any, None], *, content_type: str,
-                  frame: Callable[[Any], bytes], failure: Callable[[ApiError], bytes], trailer: bytes) -> web.StreamResponse:
+                  frame: Callable[[Any], bytes], failure: Callable[[ApiError], bytes],
+                  trailer: bytes) -> web.StreamResponse:
     async with aclosing(items) as it:
         first = await anext(it, None)
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
