@@ -1,8 +1,12 @@
 """Chat on top of the runner: messages in through the model's template, text out
 split into content, reasoning and whole tool calls.
 
-The rendering and the parsing are llama.cpp's own (common/chat, through our
+A model's own chat template (the GGUF's Jinja, or the Go template our import
+derived from it) is rendered and parsed by llama.cpp (common/chat, through our
 shim), so every model family llama-server handles gets the same tool calling.
+Any other template, a Modelfile TEMPLATE or one in a store written by Ollama,
+is in Ollama's Go syntax: it is rendered and its answers parsed as Ollama does
+(engine/goprompt.py).
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
+from ollama_py.engine.gotemplate import TemplateError
 from ollama_py.engine.runner import Runner
 from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
 from ollama_py.llama.model import Model
 from ollama_py.llama.sampler import Grammar
 from ollama_py.llama.shim import ChatApplied, ChatTemplates, ShimError, ToolCall, json_schema_to_grammar
+from ollama_py.store.create import derived_template
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,9 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     truncate: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    # The model's TEMPLATE (or a request's own), in Ollama's Go syntax. "" or the template our import derived
+    # from the GGUF's chat template mean the GGUF's own template, rendered by llama.cpp.
+    template: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,19 @@ class PreparedChat:
     """The rendered prompt as a runner request, and the parser for its answer (none for raw prompts)."""
 
     request: GenerationRequest
-    applied: ChatApplied | None
+    applied: ChatApplied | RenderedPrompt | None
+
+
+class _Rendered(Protocol):
+    """A rendered prompt as either renderer gives it back."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+_R = TypeVar("_R", bound=_Rendered)
 
 
 def grammar_for_format(fmt: str | dict[str, Any] | None) -> Grammar | None:
@@ -94,6 +116,8 @@ class ChatFormatter:
     def __init__(self, model: Model, template_override: str = "") -> None:
         self.model = model
         self.templates = ChatTemplates(model, template_override)
+        # What our import stores as TEMPLATE for this GGUF: such a model keeps its own template.
+        self._derived = derived_template(model.chat_template())
 
     @property
     def supports_tools(self) -> bool:
@@ -101,6 +125,18 @@ class ChatFormatter:
 
     def close(self) -> None:
         self.templates.close()
+
+    def go_template(self, source: str) -> PromptTemplate | None:
+        """The Go template to render with, or None for the model's own template.
+
+        Raises ValueError for a template that does not parse, naming where.
+        """
+        if not source or source == self._derived:
+            return None
+        try:
+            return parse_template(source)
+        except TemplateError as exc:
+            raise ValueError(f"the model's template is not valid: {exc}") from None
 
     def prepare(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
         """Renders and tokenizes the conversation, dropping its oldest turns if it does not fit.
@@ -110,25 +146,17 @@ class ChatFormatter:
         """
         if any(m.get("images") for m in chat.messages):
             raise ValueError(f"{self.model.path.name} does not support images")
+        template = self.go_template(chat.template)
+        if template is None:
+            return self._prepare_own(chat, num_ctx)
+        return self._prepare_go(chat, template, num_ctx)
+
+    def _prepare_own(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
+        """The model's own template, through llama.cpp: its lazy tool grammar, stops and special tokens too."""
         if chat.tools and not self.supports_tools:
             raise ValueError(f"{self.model.path.name} does not support tools")
         grammar = grammar_for_format(chat.format)
-        messages = list(chat.messages)
-        while True:
-            applied = self._apply(chat, messages)
-            prompt = self.model.vocab.tokenize(applied.prompt, add_special=True, parse_special=True)
-            if len(prompt) < num_ctx:
-                break
-            if not chat.truncate:
-                applied.close()
-                raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length "
-                                    f"({num_ctx})")
-            oldest = next((i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"), None)
-            if oldest is None:
-                break  # only system messages and the last one remain: the runner cuts tokens
-            applied.close()
-            del messages[oldest]
-            log.info("request %s: dropped its oldest message to fit %d tokens", chat.id, num_ctx)
+        applied, prompt = self._fit(chat, num_ctx, lambda messages: self._apply(chat, messages))
         if chat.think and not applied.supports_thinking:
             applied.close()
             raise ValueError(f"{self.model.path.name} does not support thinking")
@@ -147,12 +175,63 @@ class ChatFormatter:
             special_tokens=self._single_tokens(applied.preserved_tokens), grammar_prefill=prefill)
         return PreparedChat(request=request, applied=applied)
 
+    def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int) -> PreparedChat:
+        """A Go template, as Ollama's server uses one: what it can do is what it mentions, a thinking model
+        thinks unless told not to, and answers are read with the tags the template shows."""
+        if chat.tools and not template.supports_tools:
+            raise ValueError(f"{self.model.path.name} does not support tools")
+        if chat.think and not template.supports_thinking:
+            raise ValueError(f"{self.model.path.name} does not support thinking")
+        think = chat.think if chat.think is not None else (True if template.supports_thinking else None)
+        names = tuple(str((t.get("function") or {}).get("name") or "") for t in chat.tools)
+        grammar = grammar_for_format(chat.format)
+
+        def render(messages: list[dict[str, Any]]) -> RenderedPrompt:
+            try:
+                text = template.render(messages, chat.tools, think=think)
+            except TemplateError as exc:
+                raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
+            return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags if think else None,
+                                  tool_tag=template.tool_tag, tool_names=tuple(n for n in names if n))
+
+        rendered, prompt = self._fit(chat, num_ctx, render)
+        request = GenerationRequest(
+            id=chat.id, prompt=tuple(prompt), sampling=chat.sampling, grammar=grammar, truncate=chat.truncate,
+            logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
+        return PreparedChat(request=request, applied=rendered)
+
+    def _fit(self, chat: ChatRequest, num_ctx: int,
+             render: Callable[[list[dict[str, Any]]], _R]) -> tuple[_R, list[int]]:
+        """The conversation rendered and tokenized, without its oldest non-system turns while it does not fit.
+
+        Raises PromptTooLong when it does not fit and the request forbids truncating.
+        """
+        messages = list(chat.messages)
+        while True:
+            rendered = render(messages)
+            prompt = self.model.vocab.tokenize(rendered.prompt, add_special=True, parse_special=True)
+            if len(prompt) < num_ctx:
+                return rendered, prompt
+            if not chat.truncate:
+                rendered.close()
+                raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length "
+                                    f"({num_ctx})")
+            oldest = next((i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"), None)
+            if oldest is None:
+                return rendered, prompt  # only system messages and the last one remain: the runner cuts tokens
+            rendered.close()
+            del messages[oldest]
+            log.info("request %s: dropped its oldest message to fit %d tokens", chat.id, num_ctx)
+
     def prepare_generate(self, chat: ChatRequest, prompt: str, *, system: str = "", raw: bool = False,
-                         num_ctx: int) -> PreparedChat:
-        """Ollama's /api/generate: the prompt as one user turn, or as it is when raw.
+                         num_ctx: int, suffix: str = "") -> PreparedChat:
+        """Ollama's /api/generate: the prompt as one user turn, or as it is when raw, or around a suffix
+        (fill in the middle) through a Go template that takes one.
 
         `chat.messages` is ignored; the other fields apply as for a chat.
         """
+        if suffix and not raw:
+            return self._prepare_insert(chat, prompt, suffix, num_ctx)
         if raw:
             if system:
                 raise ValueError("raw mode does not take a system prompt")
@@ -164,6 +243,23 @@ class ChatFormatter:
         turn = ({"role": "system", "content": system},) if system else ()
         return self.prepare(msgspec.structs.replace(chat, messages=turn + ({"role": "user", "content": prompt},)),
                             num_ctx)
+
+    def _prepare_insert(self, chat: ChatRequest, prompt: str, suffix: str, num_ctx: int) -> PreparedChat:
+        """Fill in the middle: the template's `.Prompt` and `.Suffix`, and the model writes what goes between."""
+        template = self.go_template(chat.template)
+        if template is None or not template.supports_insert:
+            raise ValueError(f"{self.model.path.name} does not support insert")
+        try:
+            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think)
+        except TemplateError as exc:
+            raise ValueError(f"cannot render the prompt with the model's template: {exc}") from None
+        tokens = self.model.vocab.tokenize(text, add_special=True, parse_special=True)
+        if len(tokens) >= num_ctx and not chat.truncate:
+            raise PromptTooLong(f"the prompt ({len(tokens)} tokens) is longer than the context length ({num_ctx})")
+        request = GenerationRequest(
+            id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=grammar_for_format(chat.format),
+            truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
+        return PreparedChat(request=request, applied=RenderedPrompt(prompt=text))
 
     def _apply(self, chat: ChatRequest, messages: list[dict[str, Any]]) -> ChatApplied:
         try:
@@ -250,7 +346,7 @@ class _Message:
     tool_calls: tuple[ToolCall, ...]
 
 
-def _parse(applied: ChatApplied, text: str, *, partial: bool) -> _Message:
+def _parse(applied: ChatApplied | RenderedPrompt, text: str, *, partial: bool) -> _Message:
     try:
         parsed = applied.parse(text, partial=partial)
     except ShimError as exc:

@@ -23,10 +23,9 @@ from typing import Any
 
 import orjson
 
-from ollama_py.engine.gotemplate import (ActionNode, BranchNode, ChainNode, CommandNode, FieldNode, Function,
-                                         IfNode, JSONList, JSONMap, Nil, NilSlice, Node, OrderedMap, PipeNode,
-                                         PropertyType, RangeNode, Struct, StructType, Template, TextNode,
-                                         VariableNode, WithNode, go_json)
+from ollama_py.engine.gotemplate import (ActionNode, ChainNode, CommandNode, FieldNode, Function, IfNode, JSONList,
+                                         JSONMap, Nil, NilSlice, Node, OrderedMap, PipeNode, PropertyType, RangeNode,
+                                         Struct, StructType, Template, TextNode, VariableNode, WithNode, go_json)
 from ollama_py.llama.shim import ParsedMessage, ToolCall
 
 log = logging.getLogger(__name__)
@@ -266,14 +265,14 @@ def _cut_after_response(nodes: tuple[Node, ...]) -> tuple[Node, ...]:
     return walk_list(nodes)
 
 
-def _mentions(branch: BranchNode, field: str, *, first: bool = False) -> bool:
-    """Whether the branch's own pipeline reads `.field` (`first`: as the first name of a field chain)."""
-    stack: list[Any] = [branch.pipe]
+def _ranges_over(loop: RangeNode, field: str) -> bool:
+    """Whether the range's own pipeline reads `.field` (Ollama's rangeUsesField)."""
+    stack: list[Any] = [loop.pipe]
     while stack:
         node = stack.pop()
         if isinstance(node, PipeNode):
             stack.extend(arg for cmd in node.cmds for arg in cmd.args)
-        elif isinstance(node, FieldNode) and (node.names[0] == field if first else field in node.names):
+        elif isinstance(node, FieldNode) and node.names[0] == field:
             return True
     return False
 
@@ -333,7 +332,7 @@ def thinking_tags(nodes: Sequence[Node]) -> tuple[str, str]:
         ancestors.append(node)
         if isinstance(node, FieldNode) and node.names[0] == "Thinking":
             loop = next((a for a in reversed(ancestors) if isinstance(a, RangeNode)), None)
-            if loop is not None and _mentions(loop, "Messages", first=True):
+            if loop is not None and _ranges_over(loop, "Messages"):
                 items = next(a for a in reversed(ancestors) if isinstance(a, tuple))
                 if isinstance(items[0], TextNode):
                     opening = items[0].text.strip()

@@ -22,14 +22,14 @@ slices and maps, which JSON writes as null).
 
 from ollama_py.engine.gotemplate.exec import Template
 from ollama_py.engine.gotemplate.funcs import Function, FunctionError
-from ollama_py.engine.gotemplate.parse import (ActionNode, BranchNode, BreakNode, ChainNode, CommandNode, ConstNode,
-                                               ContinueNode, DotNode, FieldNode, IdentifierNode, IfNode, NilNode, Node,
-                                               PipeNode, RangeNode, TemplateError, TextNode, VariableNode, WithNode)
+from ollama_py.engine.gotemplate.parse import (ActionNode, BreakNode, ChainNode, CommandNode, ConstNode, ContinueNode,
+                                               DotNode, FieldNode, IdentifierNode, IfNode, NilNode, Node, PipeNode,
+                                               RangeNode, TemplateError, TextNode, VariableNode, WithNode)
 from ollama_py.engine.gotemplate.values import (JSONList, JSONMap, Nil, NilSlice, OrderedMap, PropertyType, Stringer,
                                                 Struct, StructType, format_value, go_json, truth, type_name)
 
 __all__ = [
-    "ActionNode", "BranchNode", "BreakNode", "ChainNode", "CommandNode", "ConstNode", "ContinueNode", "DotNode",
+    "ActionNode", "BreakNode", "ChainNode", "CommandNode", "ConstNode", "ContinueNode", "DotNode",
     "FieldNode", "Function", "FunctionError", "IdentifierNode", "IfNode", "JSONList", "JSONMap", "Nil", "NilNode",
     "NilSlice", "Node", "OrderedMap", "PipeNode", "PropertyType", "RangeNode", "Stringer", "Struct", "StructType",
     "Template", "TemplateError", "TextNode", "VariableNode", "WithNode", "format_value", "go_json", "truth",

@@ -147,7 +147,6 @@ class ContinueNode:
 
 Node = (TextNode | FieldNode | VariableNode | DotNode | NilNode | ConstNode | IdentifierNode | ChainNode
         | CommandNode | PipeNode | ActionNode | IfNode | RangeNode | WithNode | BreakNode | ContinueNode)
-BranchNode = IfNode | RangeNode | WithNode
 
 
 # ---------------------------------------------------------------------------------------------------------------------
