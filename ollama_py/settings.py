@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class SettingsError(ValueError):
@@ -57,6 +57,8 @@ class Settings:
     kv_cache_type: str = "f16"
     noprune: bool = False
     debug: bool = False
+    nohistory: bool = False
+    api_key: str = field(default="", repr=False)  # secret: never in a log line
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never in a log line
     api_keys_file: str = ""
     allow_unauthenticated: bool = False
@@ -81,6 +83,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "kv_cache_type": ("OLLAMA_KV_CACHE_TYPE", str.strip, "KV cache type: f16, q8_0 or q4_0"),
     "noprune": ("OLLAMA_NOPRUNE", _bool, "keep unused blobs when models are removed"),
     "debug": ("OLLAMA_DEBUG", _bool, "verbose logging"),
+    "nohistory": ("OLLAMA_NOHISTORY", _bool, "do not keep the interactive run's history in ~/.ollama/history"),
+    "api_key": ("OLLAMA_API_KEY", str.strip, "the API key the CLI sends to the server ('Authorization: Bearer')"),
     "api_keys": ("OLLAMA_PY_API_KEYS", _list,
                  "API keys clients must send as 'Authorization: Bearer KEY', comma separated; "
                  "KEY:read limits a key to inference and listing"),
@@ -95,7 +99,24 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_num_predict": ("OLLAMA_PY_MAX_NUM_PREDICT", _int, "most tokens one answer may generate"),
 }
 # Values never logged or shown.
-SECRETS = frozenset({"api_keys"})
+SECRETS = frozenset({"api_keys", "api_key"})
+# Settings only the CLI reads; `serve` has no flag for them.
+CLIENT_ONLY = frozenset({"nohistory", "api_key"})
+
+
+class Variable(NamedTuple):
+    """One setting as the CLI shows it: `serve` makes a flag of each, help texts list them."""
+
+    field: str
+    env: str
+    description: str
+    type: type
+
+
+def variables() -> list[Variable]:
+    """Every setting, in the order of the Settings fields."""
+    return [Variable(f.name, _ENV[f.name][0], _ENV[f.name][2], type(getattr(Settings(), f.name)))
+            for f in fields(Settings)]
 
 
 def describe() -> dict[str, str]:
@@ -103,8 +124,9 @@ def describe() -> dict[str, str]:
     return {env: text for env, _, text in _ENV.values()}
 
 
-def load(environ: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if environ is None else environ
+def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment; `overrides` (variable name to raw text, as from `serve` flags) win."""
+    env = {**(os.environ if environ is None else environ), **(overrides or {})}
     values: dict[str, Any] = {}
     for f in fields(Settings):
         name, parse, _ = _ENV[f.name]

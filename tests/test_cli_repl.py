@@ -1,0 +1,180 @@
+"""The interactive `ollama-py run` in a real terminal: a pseudo-terminal the CLI owns, keys typed into it.
+
+The child gets the pty as its controlling terminal, so Ctrl-C typed there is a
+real SIGINT from the terminal driver, as a user's is.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import CLI, START_GUARD, Server, cli, start_server
+
+ESCAPES = re.compile(r"(\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r)")
+
+
+class Terminal:
+    """A process on a pty: type into it, read what a user would see (escape codes taken out)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        env = {**env, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execvpe(argv[0], argv, env)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.screen = ""
+        self._seen = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def _read(self, wait: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], wait)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the child closed the terminal
+                return False
+            raise
+        if not data:
+            return False
+        self._feed(self._decoder.decode(data))
+        return True
+
+    def _feed(self, text: str) -> None:
+        """Adds output to the screen text; 'cursor up' (a spinner erasing itself) takes the last line back."""
+        for piece in ESCAPES.split(text):
+            if piece == "\x1b[1A":
+                self.screen = self.screen[:self.screen.rstrip("\n").rfind("\n") + 1]
+                self._seen = min(self._seen, len(self.screen))
+            elif not ESCAPES.fullmatch(piece):
+                self.screen += piece
+
+    def expect(self, pattern: str) -> re.Match[str]:
+        """Waits for `pattern` in what appeared since the last match, and moves past it."""
+        regex = re.compile(pattern, re.S)
+        deadline = time.monotonic() + START_GUARD
+        while True:
+            found = regex.search(self.screen, self._seen)
+            if found:
+                self._seen = found.end()
+                return found
+            if time.monotonic() > deadline or not self._read(0.2):
+                raise AssertionError(f"never saw {pattern!r}; the terminal shows:\n{self.screen[-3000:]}")
+
+    def since(self) -> str:
+        """What appeared after the last match, once output has settled for a moment."""
+        while self._read(0.5) and select.select([self.fd], [], [], 0.5)[0]:
+            pass
+        return self.screen[self._seen:]
+
+    def wait(self) -> int:
+        while self._read(0.2):
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from start_server(tmp_path_factory.mktemp("repl"))
+
+
+@pytest.fixture(scope="module")
+def model(server: Server, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("modelfile")
+    (folder / "Modelfile").write_text(f"FROM {model_path}\n")
+    cli(server.env, "create", "chatty", "-f", str(folder / "Modelfile"))
+    return "chatty"
+
+
+@pytest.fixture
+def terminal(server: Server, model: str) -> Iterator[Terminal]:
+    term = Terminal([*CLI, "run", model], server.env)
+    try:
+        yield term
+    finally:
+        term.close()
+
+
+def test_multiline_prompt_parameters_and_save(terminal: Terminal, server: Server) -> None:
+    terminal.expect(r">>> $")
+    terminal.type("/set parameter temperature 0\n")
+    terminal.expect(r"Set parameter 'temperature' to '0'\n>>> ")
+    terminal.type("/set parameter num_predict 20\n")
+    terminal.expect(r"Set parameter 'num_predict' to '20'\n>>> ")
+    terminal.type('"""Name three colours.\n')
+    terminal.expect(r"\.\.\. ")
+    terminal.type('Answer with a list."""\n')
+    answer = terminal.expect(r'Answer with a list\."""\n(.+?)\n\n>>> ').group(1)
+    assert answer.strip()
+
+    terminal.type("/show parameters\n")
+    terminal.expect(r"User defined parameters:\n\s+temperature\s+0\n\s+num_predict\s+20\n")
+    terminal.type("/save colours\n")
+    terminal.expect(r"Created new model 'colours'\n>>> ")
+    terminal.type("/bye\n")
+    assert terminal.wait() == 0
+
+    saved = cli(server.env, "show", "colours", "--modelfile").stdout
+    assert 'MESSAGE user """Name three colours.\nAnswer with a list."""' in saved
+    assert "PARAMETER temperature 0" in saved
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat(terminal: Terminal) -> None:
+    terminal.expect(r">>> $")
+    terminal.type("/set parameter temperature 0\n")
+    terminal.expect(r"Set parameter 'temperature' to '0'\n>>> ")
+    terminal.type("/set parameter num_predict 1500\n")
+    terminal.expect(r"Set parameter 'num_predict' to '1500'\n>>> ")
+    terminal.type("Write a long essay about the history of Rome.\n")  # greedy, it goes on for hundreds of tokens
+    terminal.expect(r"history of Rome\.\n\s*(\S+\s+){6}")  # the answer is streaming
+    terminal.type("\x03")
+    terminal.expect(r"\n>>> $")
+
+    terminal.type("/set parameter num_predict 8\n")
+    terminal.expect(r"Set parameter 'num_predict' to '8'\n>>> ")
+    terminal.type("Say hello.\n")
+    terminal.expect(r"Say hello\.\n(.+?)\n\n>>> ")  # still chatting after the interrupted answer
+
+    terminal.type("\x03")
+    terminal.expect(r"Use Ctrl \+ d or /bye to exit\.\n>>> ")
+    terminal.type("\x04")
+    assert terminal.wait() == 0
+
+
+def test_unknown_commands_and_help(terminal: Terminal) -> None:
+    terminal.expect(r">>> $")
+    terminal.type("/nonsense\n")
+    terminal.expect(r"Unknown command '/nonsense'\. Type /\? for help\n>>> ")
+    terminal.type("/?\n")
+    terminal.expect(r"/set\s+Set session variables.*Use \"\"\" to begin a multi-line message\.")
+    terminal.type("/show system\n")
+    terminal.expect(r"(No system message was specified for this model\.|\w.*)\n>>> ")
+    terminal.type("/bye\n")
+    assert terminal.wait() == 0
