@@ -8,6 +8,7 @@ sets (OLLAMA_PY_MAX_NUM_CTX, OLLAMA_PY_MAX_NUM_PREDICT) apply last.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +147,12 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
     num_ctx = opts.num_ctx or settings.context_length
     if num_ctx > settings.max_num_ctx:
         raise BadRequest(f"options.num_ctx: {num_ctx} is more than this server allows ({settings.max_num_ctx})")
-    runner = RunnerOptions(num_ctx=num_ctx, num_parallel=settings.num_parallel, num_batch=opts.num_batch or 512,
-                           num_thread=opts.num_thread or 0, flash_attention=settings.flash_attention,
-                           kv_cache_type=settings.kv_cache_type)
+    # A batch longer than the context is never used, and its buffers would be allocated all the same; more
+    # threads than cores only slow each other down.
+    runner = RunnerOptions(num_ctx=num_ctx, num_parallel=settings.num_parallel,
+                           num_batch=min(opts.num_batch or 512, num_ctx),
+                           num_thread=min(opts.num_thread or 0, os.cpu_count() or 1),
+                           flash_attention=settings.flash_attention, kv_cache_type=settings.kv_cache_type)
     spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
                     template=jinja_template(model))
     sampling = Sampling()
