@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def start_server(tmp: Path) -> Iterator[Server]:
+@contextmanager
+def start_server(tmp: Path, *flags: str, **variables: str) -> Iterator[Server]:
     """`ollama-py serve` in a subprocess, up and answering, stopped afterwards."""
     env = cli_env(tmp, free_port())
     log = tmp / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([*CLI, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*CLI, "serve", *flags], env={**env, **variables}, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         wait_until_up(env, process, log)
         yield Server(env, process, log)
@@ -93,7 +96,9 @@ def start_server(tmp: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from start_server(tmp_path_factory.mktemp("cli"))
+    """A server whose context length comes from a `serve` flag, over the environment's 2048."""
+    with start_server(tmp_path_factory.mktemp("cli"), "--context-length", "1024") as started:
+        yield started
 
 
 MODELFILE = '''\
@@ -152,6 +157,22 @@ def test_run_answers_with_the_modelfile_parameters(server: Server, captain: str)
     assert "eval rate:" in first.stderr
 
 
+def test_run_puts_the_system_prompt_into_the_template(server: Server, model_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text(f"""FROM {model_path}
+TEMPLATE \"\"\"<|im_start|>system
+{{{{ .System }}}}<|im_end|>
+<|im_start|>user
+{{{{ .Prompt }}}}<|im_end|>
+<|im_start|>assistant
+\"\"\"
+SYSTEM "Your name is Zorblax. You always introduce yourself as Zorblax."
+PARAMETER temperature 0
+PARAMETER num_predict 16
+""")
+    cli(server.env, "create", "zorblax", "-f", str(tmp_path / "Modelfile"))
+    assert "Zorb" in cli(server.env, "run", "zorblax", "Who are you?").stdout
+
+
 def test_run_reads_the_prompt_from_stdin(server: Server, captain: str) -> None:
     piped = cli(server.env, "run", captain, stdin="What is your ship called?")
     assert piped.stdout == cli(server.env, "run", captain, "What is your ship called?").stdout
@@ -180,7 +201,7 @@ def test_ps_lists_the_loaded_model_until_stopped(server: Server, captain: str) -
     lines = cli(server.env, "ps").stdout.splitlines()
     assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     row = next(line for line in lines if line.startswith("captain:latest"))
-    assert re.search(r"(100% CPU|100% GPU|\d+%/\d+% CPU/GPU)\s+\d+\s+(9|10) minutes from now", row)
+    assert re.search(r"(100% CPU|100% GPU|\d+%/\d+% CPU/GPU)\s+1024\s+(9|10) minutes from now", row)
 
     cli(server.env, "stop", captain)
     assert not any(line.startswith("captain:latest") for line in cli(server.env, "ps").stdout.splitlines())
@@ -236,3 +257,12 @@ def stop_background_server(log: Path) -> None:
             return
         time.sleep(0.2)
     os.killpg(pid, signal.SIGKILL)
+
+
+def test_api_key_from_ollama_api_key(tmp_path: Path) -> None:
+    with start_server(tmp_path, OLLAMA_PY_API_KEYS="sesame") as server:
+        refused = cli(server.env, "list", check=False)
+        assert refused.returncode == 1
+        assert "API key" in refused.stderr and "OLLAMA_API_KEY" in refused.stderr
+        listed = cli({**server.env, "OLLAMA_API_KEY": "sesame"}, "list")
+        assert listed.stdout.split() == ["NAME", "ID", "SIZE", "MODIFIED"]

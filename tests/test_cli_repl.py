@@ -102,7 +102,8 @@ class Terminal:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from start_server(tmp_path_factory.mktemp("repl"))
+    with start_server(tmp_path_factory.mktemp("repl")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

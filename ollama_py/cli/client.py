@@ -152,7 +152,10 @@ class Client:
         except OSError as exc:
             raise ConnectError(f"{UNREACHABLE} ({exc})") from exc
         if response.status >= 400:
-            raise ResponseError(response.status, _error_message(response))
+            message = _error_message(response)
+            if response.status == 401 and not self._auth:
+                message += "; set OLLAMA_API_KEY to one of the server's keys"
+            raise ResponseError(response.status, message)
         return response
 
     def heartbeat(self) -> bool:
