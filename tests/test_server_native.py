@@ -278,3 +278,25 @@ def test_tool_calls_through_the_ollama_client(client: ollama.Client) -> None:
     assert calls, [a.message.content for a in answers]
     assert all(c.function.name == "get_weather" and isinstance(c.function.arguments["city"], str) for c in calls)
     client.delete("tools-native")
+
+
+GO_CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+             "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+             "<|im_start|>assistant\n")
+
+
+def test_a_go_template_renders_the_conversation(client: ollama.Client, http: httpx.Client) -> None:
+    client.create("go-chatml", from_=MODEL, template=GO_CHATML, parameters={"stop": ["<|im_end|>"]})
+    assert client.show("go-chatml").capabilities == ["completion"]
+    answer = client.chat("go-chatml", messages=[{"role": "user", "content": "Say hello."}], options=GREEDY)
+    assert answer.message.content and "<|im_" not in answer.message.content
+    own = http.post("/api/generate", json={"model": MODEL, "prompt": "Say hello.", "stream": False, "options": GREEDY,
+                                           "template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n"
+                                                       "<|im_start|>assistant\n"}).json()
+    assert own["done"] and own["response"]
+    client.delete("go-chatml")
+
+
+def test_fill_in_the_middle_needs_a_template_that_takes_a_suffix(http: httpx.Client) -> None:
+    response = http.post("/api/generate", json={"model": MODEL, "prompt": "def f(", "suffix": "return x"})
+    assert response.status_code == 400 and "does not support insert" in response.json()["error"]

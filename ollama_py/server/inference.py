@@ -128,12 +128,53 @@ async def answer(request: web.Request, held: Held,
             prepared.applied.close()  # chat() closes it too, unless it never started
 
 
+def _for_model(held: Held, chat_request: ChatRequest) -> ChatRequest:
+    """The request as this model answers it: its sampling, and its TEMPLATE unless the request brings one."""
+    return msgspec.structs.replace(chat_request, sampling=held.sampling,
+                                   template=chat_request.template or models.go_template(held.model))
+
+
 async def converse(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
                    chat_request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
     """Holds the model and streams its answer to a conversation, sampled as options and Modelfile say."""
     async with hold(request, model, options, keep_alive) as held:
-        conversation = msgspec.structs.replace(chat_request, sampling=held.sampling)
+        conversation = _for_model(held, chat_request)
         async for event in answer(request, held, lambda: held.formatter.prepare(conversation, held.runner.num_ctx)):
+            yield event
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What /api/generate and /v1/completions complete: a prompt, and what goes around it."""
+
+    text: str
+    system: str = ""  # replaces the Modelfile's SYSTEM
+    images: tuple[str, ...] = ()
+    raw: bool = False  # the text as it is, without the template
+    suffix: str = ""  # fill in the middle, through a template that takes a suffix
+
+
+def prepare_prompt(held: Held, chat_request: ChatRequest, prompt: Prompt) -> PreparedChat:
+    """The prompt as one user turn after the Modelfile's SYSTEM and MESSAGEs, or raw, or around a suffix.
+
+    Blocking (rendering and tokenizing): call it from `answer`.
+    """
+    chat_request = _for_model(held, chat_request)
+    num_ctx = held.runner.num_ctx
+    if prompt.raw or prompt.suffix:
+        return held.formatter.prepare_generate(chat_request, prompt.text, raw=prompt.raw, suffix=prompt.suffix,
+                                               num_ctx=num_ctx)
+    turns: list[dict[str, Any]] = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    turns.append({"role": "user", "content": prompt.text, **({"images": list(prompt.images)} if prompt.images else {})})
+    return held.formatter.prepare(
+        msgspec.structs.replace(chat_request, messages=with_modelfile(held.model, turns)), num_ctx)
+
+
+async def complete(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
+                   chat_request: ChatRequest, prompt: Prompt) -> AsyncGenerator[ChatEvent, None]:
+    """Holds the model and streams its completion of a prompt."""
+    async with hold(request, model, options, keep_alive) as held:
+        async for event in answer(request, held, lambda: prepare_prompt(held, chat_request, prompt)):
             yield event
 
 

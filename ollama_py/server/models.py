@@ -17,6 +17,7 @@ import msgspec
 from ollama_py.api import native
 from ollama_py.api.codec import BadRequest
 from ollama_py.api.options import Duration, Options, from_parameters
+from ollama_py.engine.goprompt import parse_template
 from ollama_py.engine.runner import RunnerOptions
 from ollama_py.engine.scheduler import LoadSpec, parse_keep_alive
 from ollama_py.engine.types import Sampling
@@ -94,33 +95,45 @@ def resolve(store: Store, settings: Settings, raw: str) -> ResolvedModel:
         messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else ())
 
 
-def jinja_template(model: ResolvedModel) -> str:
-    """The Jinja chat template to render with, or "" for the GGUF's own.
+# Jinja's statement tag; Go templates never use it, so it tells the two syntaxes apart.
+_JINJA_TAG = "{%"
 
-    A TEMPLATE derived from the GGUF's template at import means the GGUF's own
-    (llama.cpp renders it exactly). A TEMPLATE written in Jinja (`{%` tags,
-    which Go templates never use) is an ollama-py extension: it is rendered
-    by the same engine, so a Modelfile can give a model tool calling.
+
+def jinja_template(model: ResolvedModel) -> str:
+    """A TEMPLATE written in Jinja, or "".
+
+    Such a TEMPLATE is an ollama-py extension: llama.cpp renders it in place of
+    the GGUF's own template (a chat template pasted from Hugging Face gives a
+    model its tool calling).
     """
-    if model.template and "{%" in model.template:
-        return model.template
-    return ""
+    template = model.template or ""
+    return template if _JINJA_TAG in template else ""
+
+
+def go_template(model: ResolvedModel) -> str:
+    """The TEMPLATE in Ollama's Go syntax for the engine, or "" for the GGUF's own (or a Jinja TEMPLATE's).
+
+    The engine itself treats the template our import derived from the GGUF's as the GGUF's own.
+    """
+    template = model.template or ""
+    return "" if _JINJA_TAG in template else template
 
 
 def capabilities(model: ResolvedModel) -> list[str]:
-    """What the model can do, inferred as Ollama does from its files and template."""
+    """What the model can do, read as Ollama reads it from its files and template."""
     info = gguf.read(model.path)
     arch = info.architecture or ""
-    template = model.template or ""
-    if not template or template == create.derived_template(info.chat_template):
-        template = info.chat_template or ""
     caps = ["embedding"] if f"{arch}.pooling_type" in info.metadata and not info.chat_template else ["completion"]
-    if "tools" in template.lower():
-        caps.append("tools")
+    source = go_template(model)
+    if source and source != create.derived_template(info.chat_template):
+        template = parse_template(source)
+        tools, insert, thinking = template.supports_tools, template.supports_insert, template.supports_thinking
+    else:  # a Jinja template: the GGUF's own, or the Modelfile's
+        jinja = jinja_template(model) or info.chat_template or ""
+        tools, insert, thinking = "tools" in jinja, False, "<think>" in jinja or "enable_thinking" in jinja
+    caps += [name for name, able in (("tools", tools), ("insert", insert), ("thinking", thinking)) if able]
     if model.manifest.layer(MEDIA_PROJECTOR) is not None:
         caps.append("vision")
-    if "<think>" in template or ".Think" in template or "enable_thinking" in template:
-        caps.append("thinking")
     return caps
 
 

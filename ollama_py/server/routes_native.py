@@ -103,30 +103,21 @@ async def generate(request: web.Request) -> web.StreamResponse:
         reason = await _load_only(request, model, req.options, keep_alive)
         return streaming.json(native.GenerateResponse(model=req.model, created_at=now(), response="", done=True,
                                                       done_reason=reason))
-    if req.suffix:
-        raise codec.BadRequest(f"{model.name.display()} does not support insert")
-    if req.template:
-        raise codec.BadRequest("template: a per-request template is not supported; create a model with TEMPLATE")
     return await _respond(request, req.stream, _generate_chunks(request, req, model, keep_alive), _fold_generate)
 
 
 async def _generate_chunks(request: web.Request, req: native.GenerateRequest, model: ResolvedModel,
                            keep_alive: float | None) -> AsyncGenerator[native.GenerateResponse, None]:
+    chat = ChatRequest(id=inference.request_id("gen"), messages=(), format=req.format, think=think_flag(req.think),
+                       truncate=req.truncate, logprobs=req.logprobs, top_logprobs=req.top_logprobs,
+                       template=req.template)
+    prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
+                              suffix=req.suffix)
     async with inference.hold(request, model, req.options, keep_alive) as held:
-        chat = ChatRequest(id=inference.request_id("gen"), messages=(), format=req.format, think=think_flag(req.think),
-                           sampling=held.sampling, truncate=req.truncate, logprobs=req.logprobs,
-                           top_logprobs=req.top_logprobs)
-
         rendered: list[tuple[int, ...]] = []
 
         def prepare() -> PreparedChat:
-            num_ctx = held.runner.num_ctx
-            if req.raw:
-                return held.formatter.prepare_generate(chat, req.prompt, raw=True, num_ctx=num_ctx)
-            turns: list[dict[str, Any]] = [{"role": "system", "content": req.system}] if req.system else []
-            turns.append({"role": "user", "content": req.prompt, **({"images": req.images} if req.images else {})})
-            prepared = held.formatter.prepare(
-                msgspec.structs.replace(chat, messages=inference.with_modelfile(model, turns)), num_ctx)
+            prepared = inference.prepare_prompt(held, chat, prompt)
             if req.context:  # the deprecated conversation memory: its tokens go before the new prompt
                 prepared = PreparedChat(request=msgspec.structs.replace(
                     prepared.request, prompt=tuple(req.context) + prepared.request.prompt), applied=prepared.applied)

@@ -206,14 +206,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     """OpenAI's legacy completions; like Ollama's, the prompt goes through the model's template."""
     req = codec.decode(await request.read(), openai.CompletionRequest)
     model = await inference.resolve(request, req.model)
-    if req.suffix:
-        raise codec.BadRequest(f"suffix: {model.name.display()} does not support insert")
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    conversation = ChatRequest(id=inference.request_id("cmpl"),
-                               messages=inference.with_modelfile(model, [{"role": "user", "content": prompt}]),
-                               logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0)
-    events = inference.converse(request, model, _options(req, req.max_tokens), models.keep_alive(req.keep_alive),
-                                conversation)
+    conversation = ChatRequest(id=inference.request_id("cmpl"), messages=(), logprobs=req.logprobs is not None,
+                               top_logprobs=req.logprobs or 0)
+    events = inference.complete(request, model, _options(req, req.max_tokens), models.keep_alive(req.keep_alive),
+                                conversation, inference.Prompt(text=prompt, suffix=req.suffix or ""))
     header = _Header(id=conversation.id, created=int(time.time()), model=req.model)
     echo = prompt if req.echo else ""
     if req.stream:
