@@ -38,6 +38,20 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _credentials(raw: str) -> str:
+    host, sep, user_password = raw.strip().partition("=")
+    if not (sep and host and ":" in user_password and user_password.partition(":")[0]):
+        raise ValueError("expected HOST=USER:PASSWORD")  # the value itself is a secret: not repeated
+    return raw.strip()
+
+
+def _endpoint(raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -66,6 +80,10 @@ class Settings:
     max_body_size: int = 64 << 20
     max_num_ctx: int = 131072
     max_num_predict: int = 32768
+    registry_auth: Path = Path.home() / ".ollama" / "registry-auth.json"
+    registry_credentials: str = field(default="", repr=False)  # secret: never in a log line
+    hf_endpoint: str = "https://huggingface.co"
+    hf_token: str = field(default="", repr=False)  # secret: never in a log line
 
 
 # field -> (environment variable, parser, description)
@@ -97,9 +115,16 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_body_size": ("OLLAMA_PY_MAX_BODY_SIZE", _int, "largest JSON request body in bytes (blob uploads excepted)"),
     "max_num_ctx": ("OLLAMA_PY_MAX_NUM_CTX", _int, "largest num_ctx a request may ask for"),
     "max_num_predict": ("OLLAMA_PY_MAX_NUM_PREDICT", _int, "most tokens one answer may generate"),
+    "registry_auth": ("OLLAMA_PY_REGISTRY_AUTH", _path,
+                      "registry credentials file for pull and push, in Docker's config.json format "
+                      "(~/.docker/config.json works)"),
+    "registry_credentials": ("OLLAMA_PY_REGISTRY_CREDENTIALS", _credentials,
+                             "registry credentials as HOST=USER:PASSWORD, for one registry; wins over the file"),
+    "hf_endpoint": ("HF_ENDPOINT", _endpoint, "the Hugging Face Hub that hf.co/ model names are pulled from"),
+    "hf_token": ("HF_TOKEN", str.strip, "Hugging Face access token, for gated and private repositories"),
 }
 # Values never logged or shown.
-SECRETS = frozenset({"api_keys", "api_key"})
+SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
 # Settings only the CLI reads; `serve` has no flag for them.
 CLIENT_ONLY = frozenset({"nohistory", "api_key"})
 
@@ -136,7 +161,8 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
         try:
             values[f.name] = parse(raw.strip().strip("\"'"))
         except ValueError as exc:
-            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+            shown = "(hidden)" if f.name in SECRETS else repr(raw)
+            raise SettingsError(f"{name}={shown}: {exc}") from None
     settings = Settings(**values)
     if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")

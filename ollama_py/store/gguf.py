@@ -111,6 +111,8 @@ class GGUFFile(msgspec.Struct, frozen=True, kw_only=True):
     data_offset: int
     metadata: dict[str, Any]
     tensors: list[TensorInfo]
+    # Where each metadata entry (key, type and value) lies in the file: merging split files copies them as they are.
+    spans: dict[str, tuple[int, int]] = {}
 
     @property
     def architecture(self) -> str | None:
@@ -268,12 +270,15 @@ def parse(buf: mmap.mmap | bytes, *, keep_array: int = DEFAULT_KEEP_ARRAY) -> GG
     cur.need(kv_count * 13 + tensor_count * 24, f"{kv_count} metadata entries and {tensor_count} tensors")
 
     metadata: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for _ in range(kv_count):
+        start = cur.pos
         key = cur.string("metadata key", MAX_KEY_LEN)
         vtype = cur.take(_U32, f"type of {key!r}")
         if key in metadata:
             raise GGUFError(f"metadata key {key!r} appears twice")
         metadata[key] = _value(cur, vtype, key, keep_array)
+        spans[key] = (start, cur.pos)
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
@@ -313,7 +318,7 @@ def parse(buf: mmap.mmap | bytes, *, keep_array: int = DEFAULT_KEEP_ARRAY) -> GG
         tensors.append(TensorInfo(name, shape, type_name, start, nbytes))
 
     return GGUFFile(version=version, file_size=size, alignment=alignment, data_offset=data_offset,
-                    metadata=metadata, tensors=tensors)
+                    metadata=metadata, tensors=tensors, spans=spans)
 
 
 @contextmanager

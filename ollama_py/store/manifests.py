@@ -227,6 +227,10 @@ class Store:
         path = self._file(stored)
         return decode_manifest(self._read_file(path), where=f"the manifest of {stored.display()}")
 
+    def read_bytes(self, name: ModelName) -> bytes:
+        """The manifest file as stored: what a push sends, so the registry's digest is the local one."""
+        return self._read_file(self._file(self._require(name)))
+
     def manifest_digest(self, name: ModelName) -> str:
         """Hex sha256 of the manifest bytes: the ID column of `ollama list`."""
         return hashlib.sha256(self._read_file(self._file(self._require(name)))).hexdigest()
@@ -279,11 +283,13 @@ class Store:
 
     # -- writing ---------------------------------------------------------
 
-    def write(self, name: ModelName, manifest: Manifest) -> ModelName:
+    def write(self, name: ModelName, manifest: Manifest, *, data: bytes | None = None) -> ModelName:
         """Writes a manifest after checking that every blob it names is there with its size.
 
         A name that matches a stored one case-insensitively replaces that one,
-        so the store never holds two models that differ only in case.
+        so the store never holds two models that differ only in case. `data` is
+        the manifest as a registry sent it (decoded into `manifest`): stored
+        as it came, its digest stays the registry's, as in Ollama.
         """
         with self.writing():
             for layer in [manifest.config, *manifest.layers]:
@@ -297,7 +303,7 @@ class Store:
             target = self.resolve(name) or name
             path = self._file(target)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, encode_manifest(manifest), temp_dir=path.parent)
+            atomic_write_bytes(path, encode_manifest(manifest) if data is None else data, temp_dir=path.parent)
             log.info("wrote manifest %s", target)
             return target
 
@@ -335,12 +341,20 @@ class Store:
             path.unlink()
             fsync_dir(path.parent)
             self._remove_empty_dirs(path.parent)
-            if self.noprune or not candidates:
-                return []
-            used = self._references()
-            if used is None:
-                return []
-            return self.blobs.remove(sorted(candidates - used))
+            return self._remove_unused(candidates)
+
+    def remove_unused(self, candidates: set[str]) -> list[str]:
+        """Deletes those of `candidates` no manifest uses (a pull's replaced layers); none with OLLAMA_NOPRUNE."""
+        with self._lock(fcntl.LOCK_EX):
+            return self._remove_unused(candidates)
+
+    def _remove_unused(self, candidates: set[str]) -> list[str]:
+        if self.noprune or not candidates:
+            return []
+        used = self._references()
+        if used is None:
+            return []
+        return self.blobs.remove(sorted(candidates - used))
 
     def prune(self) -> list[str]:
         """Removes blobs no manifest uses and leftovers of killed writers (Ollama does this at startup)."""
