@@ -169,13 +169,22 @@ def test_ctrl_c_stops_the_answer_not_the_chat(terminal: Terminal) -> None:
     assert terminal.wait() == 0
 
 
-def test_unknown_commands_and_help(terminal: Terminal) -> None:
-    terminal.expect(r">>> $")
-    terminal.type("/nonsense\n")
-    terminal.expect(r"Unknown command '/nonsense'\. Type /\? for help\n>>> ")
-    terminal.type("/?\n")
-    terminal.expect(r"/set\s+Set session variables.*Use \"\"\" to begin a multi-line message\.")
-    terminal.type("/show system\n")
-    terminal.expect(r"(No system message was specified for this model\.|\w.*)\n>>> ")
-    terminal.type("/bye\n")
-    assert terminal.wait() == 0
+def test_unknown_commands_help_and_history(server: Server, model: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in server.env.items() if k != "OLLAMA_NOHISTORY"}
+    terminal = Terminal([*CLI, "run", model], {**env, "HOME": str(tmp_path)})
+    try:
+        terminal.expect(r">>> $")
+        terminal.type("/nonsense\n")
+        terminal.expect(r"Unknown command '/nonsense'\. Type /\? for help\n>>> ")
+        terminal.type("/?\n")
+        terminal.expect(r"/set\s+Set session variables.*Use \"\"\" to begin a multi-line message\.")
+        terminal.type("/show system\n")
+        terminal.expect(r"(No system message was specified for this model\.|\w.*)\n>>> ")
+        terminal.type("\x1b[A\x1b[A\n")  # up twice: /? again
+        terminal.expect(r"/set\s+Set session variables")
+        terminal.type("/bye\n")
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    history = (tmp_path / ".ollama" / "history").read_text().splitlines()
+    assert history == ["/nonsense", "/?", "/show system", "/?", "/bye"]

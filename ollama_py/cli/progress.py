@@ -60,13 +60,13 @@ class ProgressView:
         self._spinner: TaskID | None = None
 
     def __enter__(self) -> ProgressView:
-        self._progress.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop_spinner()
-        self._progress.stop()
+        if self._progress.live.is_started:
+            self._stop_spinner()
+            self._progress.stop()
 
     def _stop_spinner(self) -> None:
         if self._spinner is not None:
@@ -74,7 +74,12 @@ class ProgressView:
             self._spinner = None
 
     def update(self, status: str, digest: str = "", total: int = 0, completed: int = 0) -> None:
-        """One streamed progress object: a bar per digest with a size, a spinner line per new status."""
+        """One streamed progress object: a bar per digest with a size, a spinner line per new status.
+
+        The display starts with the first update, so a request refused at once leaves no empty line.
+        """
+        if not self._progress.live.is_started:
+            self._progress.start()
         if digest and total:
             task = self._bars.get(digest)
             if task is None:

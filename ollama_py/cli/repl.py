@@ -203,6 +203,8 @@ class Repl:
         return line
 
     def _start_history(self) -> None:
+        if not self.history:
+            return
         try:
             HISTORY.parent.mkdir(parents=True, exist_ok=True)
             HISTORY.touch(exist_ok=True)
