@@ -236,6 +236,19 @@ def test_long_conversations_drop_their_oldest_turns(model: Model, formatter: Cha
     assert "Be brief." in text and "Thanks! One more?" in text and "fact number 0 " not in text
 
 
+def test_dropping_turns_never_leaves_a_tool_result_without_its_call(formatter: ChatFormatter) -> None:
+    history = [turn for n, city in enumerate(("London", "Berlin", "Rome", "Madrid", "Vienna", "Oslo"))
+               for turn in weather_turns(city, n)]
+    request = ChatRequest(id="tools", messages=(*history, {"role": "user", "content": "And in Paris?"}),
+                          tools=(WEATHER_TOOL,), template=QWEN_TOOLS)
+    full = len(formatter.prepare(request, 4096).request.prompt)
+    for num_ctx in range(full - 120, full, 8):
+        prompt = formatter.prepare(request, num_ctx).applied
+        assert isinstance(prompt, RenderedPrompt) and "And in Paris?" in prompt.prompt
+        first_turn = prompt.prompt.split("</tools>", 1)[1].split("<|im_start|>", 2)[1]
+        assert not first_turn.startswith("user\n<tool_response>"), first_turn
+
+
 def test_what_a_go_template_cannot_do_is_a_clear_error(formatter: ChatFormatter) -> None:
     with pytest.raises(ValueError, match="does not support tools"):
         formatter.prepare(ask("hi", template=OLLAMA_CHATML, tools=(WEATHER_TOOL,)), 1024)

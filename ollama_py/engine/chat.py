@@ -23,7 +23,7 @@ import msgspec
 
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import TemplateError
-from ollama_py.engine.runner import Runner
+from ollama_py.engine.runner import ModelRunner
 from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
 from ollama_py.llama.model import Model
 from ollama_py.llama.sampler import Grammar
@@ -204,7 +204,9 @@ class ChatFormatter:
              render: Callable[[list[dict[str, Any]]], _R]) -> tuple[_R, list[int]]:
         """The conversation rendered and tokenized, without its oldest non-system turns while it does not fit.
 
-        Raises PromptTooLong when it does not fit and the request forbids truncating.
+        A tool result goes with the call before it, as Ollama drops them: a result without its call would
+        answer a question the model never asked. Raises PromptTooLong when it does not fit and the request
+        forbids truncating.
         """
         messages = list(chat.messages)
         while True:
@@ -221,6 +223,8 @@ class ChatFormatter:
                 return rendered, prompt  # only system messages and the last one remain: the runner cuts tokens
             rendered.close()
             del messages[oldest]
+            while oldest < len(messages) - 1 and messages[oldest].get("role") == "tool":
+                del messages[oldest]
             log.info("request %s: dropped its oldest message to fit %d tokens", chat.id, num_ctx)
 
     def prepare_generate(self, chat: ChatRequest, prompt: str, *, system: str = "", raw: bool = False,
@@ -287,7 +291,7 @@ class ChatFormatter:
         return frozenset(ids)
 
 
-async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
+async def chat(runner: ModelRunner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
     """Streams the answer to a prepared conversation.
 
     Content and reasoning come as deltas while the answer grows; tool calls
