@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from ollama_py.api.native import ErrorResponse
 from ollama_py.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,15 @@ class Client:
         return response
 
     def heartbeat(self) -> bool:
-        """Whether a server answers at the base URL."""
+        """Whether a server answers at the base URL (an error status is an answer too)."""
         try:
             with closing(self._connection(_CONNECT_TIMEOUT)) as conn:
                 self._send(conn, "HEAD", "/").read()
+        except ResponseError:
             return True
         except ClientError:
             return False
+        return True
 
     def call(self, method: str, path: str, body: Any = None, *, type: type[T] = Any) -> T:  # type: ignore[assignment]
         """One request and its whole JSON answer, decoded as `type`."""
@@ -222,14 +225,10 @@ class _Reader:
         return block
 
 
-class _ErrorBody(msgspec.Struct):
-    error: str
-
-
 def _error_message(response: http.client.HTTPResponse) -> str:
     data = response.read()
     try:
-        return msgspec.json.decode(data, type=_ErrorBody).error
+        return msgspec.json.decode(data, type=ErrorResponse).error
     except (msgspec.DecodeError, msgspec.ValidationError):
         text = data.decode("utf-8", "replace").strip()
         return text or f"{response.status} {response.reason}"
@@ -239,7 +238,7 @@ def _stream_error(line: bytes) -> str | None:
     if b'"error"' not in line:
         return None
     try:
-        return msgspec.json.decode(line, type=_ErrorBody).error
+        return msgspec.json.decode(line, type=ErrorResponse).error
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
