@@ -67,7 +67,8 @@ def test_a_read_key_runs_models_but_cannot_manage_them(server: LiveServer, http:
     reader = ollama.Client(host=server.url, headers=auth(READER))
     assert reader.generate(MODEL, "Hi").done
     for call in (lambda: reader.delete(MODEL), lambda: reader.copy(MODEL, "stolen"),
-                 lambda: reader.create("mine", from_=MODEL)):
+                 lambda: reader.create("mine", from_=MODEL), lambda: reader.pull(MODEL),
+                 lambda: reader.push(MODEL)):
         with pytest.raises(ollama.ResponseError) as info:
             call()
         assert info.value.status_code == 403

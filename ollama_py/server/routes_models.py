@@ -10,6 +10,7 @@ import asyncio
 import math
 import tempfile
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,9 +26,10 @@ from ollama_py.llama.devices import devices
 from ollama_py.server import inference, models, streaming
 from ollama_py.server.models import ResolvedModel, model_details
 from ollama_py.server.services import record, services
-from ollama_py.store import create, gguf, names
+from ollama_py.settings import Settings
+from ollama_py.store import create, gguf, names, registry
 from ollama_py.store.blobs import check_digest
-from ollama_py.store.create import Progress
+from ollama_py.store.create import Progress, ProgressUpdate
 from ollama_py.store.manifests import ModelNotFoundError, Store
 from ollama_py.store.modelfile import (
     DEPRECATED_PARAMETERS,
@@ -222,6 +224,50 @@ async def create_model(request: web.Request) -> web.StreamResponse:
     if req.stream:
         return await streaming.ndjson(request, updates)
     return streaming.json(await streaming.last(updates))
+
+
+# ---- /api/pull, /api/push ----------------------------------------------------------
+
+
+def _pull(store: Store, settings: Settings, name: ModelName, insecure: bool, progress: Progress,
+          cancel: threading.Event) -> None:
+    """A registry pull; the default model, pinned and shipped in a package, is imported instead (offline)."""
+    if name.same(names.parse(create.DEFAULT_MODEL)):
+        if store.resolve(name) is None:
+            create.import_default(store, settings, progress=progress)  # reports its own "success"
+        else:
+            progress(ProgressUpdate(status="success"))
+        return
+    registry.pull(store, name, settings=settings, insecure=insecure, progress=progress, cancel=cancel)
+
+
+def _push(store: Store, settings: Settings, name: ModelName, insecure: bool, progress: Progress,
+          cancel: threading.Event) -> None:
+    registry.push(store, name, settings=settings, insecure=insecure, progress=progress, cancel=cancel)
+
+
+Transfer = Callable[[Store, Settings, ModelName, bool, Progress, threading.Event], None]
+
+
+async def _transfer(request: web.Request, operation: Transfer) -> web.StreamResponse:
+    """Streams a pull's or push's progress in Ollama's words; the registry work runs in a thread."""
+    req = codec.decode(await request.read(), native.TransferRequest)
+    name = models.parse_name(req.target)
+    record(request).model = name.display()
+    svc = services(request)
+    updates = streaming.progress_from_thread(
+        lambda progress, cancel: operation(svc.store, svc.settings, name, req.insecure, progress, cancel))
+    if req.stream:
+        return await streaming.ndjson(request, updates)
+    return streaming.json(await streaming.last(updates))
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    return await _transfer(request, _pull)
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    return await _transfer(request, _push)
 
 
 # ---- /api/blobs/:digest -------------------------------------------------------------
