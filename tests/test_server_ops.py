@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -110,3 +112,14 @@ def test_responses_match_their_openapi_schema(http: httpx.Client, method: str, p
     response = http.request(method, path, json=body)
     assert response.status_code == 200
     jsonschema.validate(response.json(), {**schema, "components": document["components"]})
+
+
+def test_one_access_log_line_per_request(http: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 4, "temperature": 0}}
+    with caplog.at_level(logging.INFO, logger="ollama_py.access"):
+        http.post("/api/generate", json=body)
+        http.post("/api/chat", json={"model": "missing-model", "messages": []})
+    lines = [r.getMessage() for r in caplog.records if r.name == "ollama_py.access"]
+    assert len(lines) == 2
+    assert re.search(r"POST /api/generate 200 [\d.]+s model=smollm2:135m prompt_tokens=\d+ eval_tokens=4", lines[0])
+    assert "POST /api/chat 404" in lines[1]

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterator
@@ -18,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from ollama_py import settings
 from ollama_py.engine.scheduler import Scheduler
 from ollama_py.server import streaming
+from ollama_py.server.app import SHUTDOWN_TIMEOUT
 from ollama_py.server.errors import ApiError
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import errors, observe
@@ -77,6 +83,12 @@ def one_slot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield live.url
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def busy_slots(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     found = re.search(r'^ollama_py_slots_busy\{model="smollm2:135m"\} (\S+)$', text, re.MULTILINE)
@@ -130,3 +142,34 @@ def test_concurrent_streams_each_get_their_whole_answer(one_slot: str) -> None:
     for rows in results.values():
         final = json.loads(rows[-1])
         assert final["done"] and final["eval_count"] == 6
+
+
+def test_sigterm_lets_streams_end_within_the_bound_and_exits_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path),
+           "OLLAMA_PY_CACHE": str(settings.load().cache), "OLLAMA_NUM_PARALLEL": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        body = {"model": MODEL, "prompt": "Tell me a very long story.",
+                "options": {"num_ctx": 8192, "num_predict": -1, "temperature": 1.0}}
+        with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            assert json.loads(next(lines))["done"] is False
+            server.send_signal(signal.SIGTERM)
+            # The answer may finish by itself; if not, the server cuts it after the shutdown bound.
+            assert all(json.loads(line) for line in lines if line)
+        assert server.wait(timeout=SHUTDOWN_TIMEOUT + 60) == 0
+        assert b"Traceback" not in (server.stderr.read() if server.stderr else b"")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
