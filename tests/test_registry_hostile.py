@@ -13,8 +13,8 @@ from ollama_py.settings import Settings
 from ollama_py.store import names, registry, transfer
 from ollama_py.store.manifests import MAX_MANIFEST_BYTES, MEDIA_CONFIG, MEDIA_MANIFEST, MEDIA_MODEL, Store
 from ollama_py.store.registry import RegistryError
-from tests.test_registry import (FakeRegistry, empty, model_digest, push_default,  # noqa: F401 (fixtures)
-                                 running_registry, source)
+from tests.test_registry import empty, model_digest, push_default, source  # noqa: F401 (fixtures)
+from tests.test_registry_harness import FakeRegistry, running_registry
 
 CONFIG = b'{"model_format":"gguf","model_family":"llama"}'
 WEIGHTS = b"GGUF" + bytes(range(256)) * 64

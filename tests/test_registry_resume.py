@@ -21,8 +21,8 @@ from ollama_py.store import names, registry, transfer
 from ollama_py.store.create import ProgressUpdate
 from ollama_py.store.manifests import Store
 from ollama_py.store.registry import Cancelled, RegistryError
-from tests.test_registry import (Proxy, RegistryProcess, empty, model_digest, push_default,  # noqa: F401 (fixtures)
-                                 running_registry, source, wait_for)
+from tests.test_registry import empty, model_digest, push_default, source, wait_for  # noqa: F401 (fixtures)
+from tests.test_registry_harness import Proxy, RegistryProcess, running_registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
