@@ -246,6 +246,22 @@ def test_bearer_token_from_the_registrys_own_realm(tmp_path: Path, source: tuple
             proxy.close()
 
 
+def test_token_that_expires_mid_pull_is_renewed(tmp_path: Path, source: tuple[Store, Settings],
+                                                empty: tuple[Store, Settings]) -> None:
+    with running_registry(tmp_path / "registry") as reg:
+        name = push_default(source, reg.host)
+        proxy = Proxy(reg.host, token="t0ken", revoke_after=1)  # good for the manifest only
+        try:
+            local, s = empty
+            via_proxy = names.parse(f"{proxy.host}/library/smollm2:135m")
+            registry.pull(local, via_proxy, settings=dataclasses.replace(
+                s, registry_credentials=f"{proxy.host}={USER}:{PASSWORD}"), insecure=True)
+        finally:
+            proxy.close()
+    assert proxy.token_requests == 2
+    assert local.read_bytes(via_proxy) == source[0].read_bytes(name)
+
+
 def test_token_realm_on_another_host_is_refused(empty: tuple[Store, Settings]) -> None:
     token_server = FakeRegistry({"/token": (200, {}, b'{"token": "stolen"}')}, host="127.0.0.2")
     challenge = {"WWW-Authenticate": f'Bearer realm="http://{token_server.host}/token",service="x",scope="y"'}

@@ -99,16 +99,18 @@ class Proxy:
     It can also misbehave on purpose: cut every blob range that starts at or
     after `fail_from` halfway, serve ranges from `slow_from` on slowly (64 KiB
     per `delay` seconds), or ask for a bearer token (served by itself at
-    /token, for `USER` and `PASSWORD`).
+    /token, for `USER` and `PASSWORD`) and revoke the first one after
+    `revoke_after` requests, as an expiring token would be.
     """
 
     def __init__(self, upstream: str, *, fail_from: int | None = None, slow_from: int | None = None,
-                 delay: float = 0.05, token: str | None = None) -> None:
+                 delay: float = 0.05, token: str | None = None, revoke_after: int | None = None) -> None:
         self.upstream = upstream
         self.fail_from = fail_from
         self.slow_from = slow_from
         self.delay = delay
         self.token = token
+        self.revoke_after = revoke_after
         self.blob_bytes: collections.Counter[str] = collections.Counter()
         self.token_requests = 0
         self.lock = threading.Lock()
@@ -148,6 +150,11 @@ class Proxy:
             h.wfile.write(body)
             return True
         if h.headers.get("Authorization") == f"Bearer {self.token}":
+            with self.lock:
+                if self.revoke_after is not None:
+                    self.revoke_after -= 1
+                    if self.revoke_after == 0:
+                        self.token = f"{self.token}-renewed"
             return False
         h.send_response(401)
         h.send_header("WWW-Authenticate", f'Bearer realm="http://{self.host}/token",service="test",'

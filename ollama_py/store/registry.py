@@ -127,15 +127,16 @@ class _Session:
 
         `body` makes the body, as a retry needs a fresh one.
         """
-        for attempt in range(2):
+        def exchange() -> Response:
             sent = self.authorized(url, headers or {})
             if method in ("GET", "HEAD"):
-                resp = transfer.follow(method, url, headers=sent, limit=limit)
-            else:
-                resp = transfer.request(method, url, headers=sent, body=body() if body else None, limit=limit)
-            if resp.status != 401 or attempt or not self._authenticate(resp):
-                return resp
-        raise AssertionError("unreachable")
+                return transfer.follow(method, url, headers=sent, limit=limit)
+            return transfer.request(method, url, headers=sent, body=body() if body else None, limit=limit)
+
+        resp = exchange()
+        if resp.status == 401 and self._authenticate(resp):
+            resp = exchange()
+        return resp
 
     def _authenticate(self, resp: Response) -> bool:
         """Gets credentials for a 401's challenge; False when there are none to try."""
@@ -297,15 +298,14 @@ def check_space(store: Store, need: int) -> None:
 def _locate(session: _Session, layer: Layer) -> transfer.Source:
     """The blob's final URL (a CDN's, after redirects) and size, asking the registry with our credentials."""
     url = f"{session.prefix}/blobs/{layer.digest}"
-    for attempt in range(2):
-        try:
-            return transfer.probe(url, session.authorized(url, {}), layer.size)
-        except RegistryError as exc:
-            if exc.status != 401 or attempt:
-                raise
-            resp = session.send("HEAD", url)  # answers the challenge; the probe then carries the token
-            session.check(resp, f"pulling {layer.digest}", ok=(200,))
-    raise AssertionError("unreachable")
+    try:
+        return transfer.probe(url, session.authorized(url, {}), layer.size)
+    except RegistryError as exc:
+        if exc.status != 401:
+            raise
+    # A token for this scope is missing: a HEAD answers the challenge, and the probe then carries the token.
+    session.check(session.send("HEAD", url), f"pulling {layer.digest}", ok=(200,))
+    return transfer.probe(url, session.authorized(url, {}), layer.size)
 
 
 def previous_digests(store: Store, name: ModelName) -> set[str]:
