@@ -176,6 +176,18 @@ def test_unknown_model_is_404_and_writes_nothing(tmp_path: Path, empty: tuple[St
     assert local.models() == []
 
 
+def test_https_unless_insecure(empty: tuple[Store, Settings]) -> None:
+    local, s = empty
+    plain = FakeRegistry({})
+    try:
+        with pytest.raises(RegistryError) as err:
+            registry.pull(local, names.parse(f"{plain.host}/library/m:latest"), settings=s)
+    finally:
+        plain.close()
+    assert f"GET https://{plain.host}/v2/library/m/manifests/latest" in str(err.value)
+    assert plain.requests == []  # a TLS handshake is not an HTTP request: nothing went out in the clear
+
+
 # -- authentication --------------------------------------------------------------
 
 
