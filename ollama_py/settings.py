@@ -52,6 +52,22 @@ def _endpoint(raw: str) -> str:
     return url
 
 
+def _endpoints(raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"expected HOST:PORT,..., got {item!r}")
+    return items
+
+
+def _proportions(raw: str) -> tuple[float, ...]:
+    values = tuple(float(item) for item in _list(raw))
+    if any(v < 0 for v in values) or (values and not sum(values)):
+        raise ValueError("expected non-negative numbers, not all zero")
+    return values
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -84,6 +100,8 @@ class Settings:
     registry_credentials: str = field(default="", repr=False)  # secret: never in a log line
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str = field(default="", repr=False)  # secret: never in a log line
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
 
 # field -> (environment variable, parser, description)
@@ -122,6 +140,12 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
                              "registry credentials as HOST=USER:PASSWORD, for one registry; wins over the file"),
     "hf_endpoint": ("HF_ENDPOINT", _endpoint, "the Hugging Face Hub that hf.co/ model names are pulled from"),
     "hf_token": ("HF_TOKEN", str.strip, "Hugging Face access token, for gated and private repositories"),
+    "rpc_servers": ("OLLAMA_RPC_SERVERS", _endpoints,
+                    "RPC workers (`ollama-py worker`) to split models across, as HOST:PORT,...; a model with "
+                    "num_gpu 0 stays on this machine"),
+    "tensor_split": ("OLLAMA_PY_TENSOR_SPLIT", _proportions,
+                     "share of the layers per device, e.g. 3,1: the RPC workers in OLLAMA_RPC_SERVERS order, "
+                     "then local GPUs; default: by free memory"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

@@ -228,6 +228,16 @@ class ListResponse(msgspec.Struct):
     models: list[ListModel]
 
 
+class LayerPlacement(msgspec.Struct, kw_only=True):
+    """Consecutive layers of a loaded model on one device, as llama.cpp placed them (not in Ollama)."""
+
+    device: str  # llama.cpp's device name: CPU, CUDA0, RPC0 (an RPC worker's device)
+    endpoint: str = ""  # the RPC worker's host:port; empty for this machine's own devices
+    layers: int
+    first_layer: int
+    last_layer: int  # the highest index is the output layer
+
+
 class ProcessModel(msgspec.Struct, kw_only=True):
     name: str
     model: str
@@ -237,6 +247,8 @@ class ProcessModel(msgspec.Struct, kw_only=True):
     expires_at: str
     size_vram: int
     context_length: int
+    # ollama-py's addition: where the layers live, across RPC workers too; empty when not known.
+    placement: list[LayerPlacement] = []
 
 
 class ProcessResponse(msgspec.Struct):

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -93,6 +94,22 @@ class RunnerStats:
     waiting: int  # submitted, not yet given a slot
     kv_tokens: int  # tokens whose keys and values the context holds, over all slots
     kv_capacity: int
+
+
+class ModelRunner(Protocol):
+    """What the server uses of a loaded model's runner: a Runner here, or a model in the RPC runner process."""
+
+    model: Model  # for tokenizing and templates; no weights when the model runs in another process
+    num_ctx: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+
+    def stats(self) -> RunnerStats: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import msgspec
 
+from ollama_py.cluster.placement import Placement, on_cpu
+from ollama_py.cluster.remote import RemoteEmbedder, RemoteRunner, RunnerProcess
 from ollama_py.engine.chat import ChatFormatter
 from ollama_py.engine.embed import Embedder
-from ollama_py.engine.runner import Runner, RunnerOptions
+from ollama_py.engine.runner import ModelRunner, Runner, RunnerOptions
+from ollama_py.llama.devices import devices
 from ollama_py.llama.model import Model, ModelOptions
 from ollama_py.settings import Settings
 
@@ -99,20 +102,23 @@ class Loaded:
     name: str
     spec: LoadSpec
     model: Model
-    runner: Runner
+    runner: ModelRunner
     formatter: ChatFormatter
     load_duration: int  # nanoseconds, reported by the request that caused the load
+    placement: tuple[Placement, ...] = ()  # where the layers live; empty where llama.cpp's choice is not known
     refs: int = 0
     keep_alive: float = 300.0
     expires_at: float = math.inf  # loop time; inf while in use or kept forever
     timer: asyncio.TimerHandle | None = None
-    embedder: Embedder | None = None
+    embedder: Embedder | RemoteEmbedder | None = None
     _embedder_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def get_embedder(self) -> Embedder:
+    async def get_embedder(self) -> Embedder | RemoteEmbedder:
         """The embedding context, made on first use: most models are never asked for embeddings."""
         async with self._embedder_lock:
-            if self.embedder is None:
+            if isinstance(self.runner, RemoteRunner):
+                self.embedder = self.runner.embedder
+            elif self.embedder is None:
                 opts = self.spec.runner
                 self.embedder = await asyncio.to_thread(Embedder, self.model, num_ctx=opts.num_ctx,
                                                         max_inputs=opts.num_parallel, num_thread=opts.num_thread)
@@ -142,6 +148,9 @@ class Scheduler:
         self._loaded: dict[str, Loaded] = {}
         self._cond = asyncio.Condition()
         self._waiting = 0
+        # Models that use RPC workers run in a supervised process: llama.cpp aborts the one that uses a dead worker.
+        self._remote = RunnerProcess(settings.rpc_servers, tensor_split=settings.tensor_split,
+                                     debug=settings.debug) if settings.rpc_servers else None
 
     @property
     def waiting(self) -> int:
@@ -171,12 +180,13 @@ class Scheduler:
         async with self._cond:
             while True:
                 entry = self._loaded.get(name)
-                if entry is not None and entry.spec == spec:
+                if entry is not None and entry.spec == spec and entry.runner.alive:
                     self._hold(entry)
                     return Lease(entry, 0)
                 if entry is not None:
                     if entry.refs == 0:
-                        log.info("reloading %s: load options changed", name)
+                        log.info("reloading %s: %s", name, "load options changed" if entry.runner.alive else
+                                 "its runner stopped")
                         await self._unload(entry)
                     else:
                         await self._cond.wait()  # in use with other options: reload once it is free
@@ -198,20 +208,40 @@ class Scheduler:
         start = time.monotonic_ns()
 
         def load() -> Loaded:
-            model = spec.load()
+            model, runner, placement = self._open(spec)
             try:
-                runner = Runner(model, spec.runner)
                 formatter = ChatFormatter(model, spec.template)
             except BaseException:
+                runner.close()
                 model.close()
                 raise
-            return Loaded(name=name, spec=spec, model=model, runner=runner, formatter=formatter, load_duration=0)
+            return Loaded(name=name, spec=spec, model=model, runner=runner, formatter=formatter, load_duration=0,
+                          placement=placement)
 
         entry = await asyncio.to_thread(load)
         entry.load_duration = time.monotonic_ns() - start
         self._loaded[name] = entry
         log.info("loaded %s in %.2fs", name, entry.load_duration / 1e9)
         return entry
+
+    def _open(self, spec: LoadSpec) -> tuple[Model, ModelRunner, tuple[Placement, ...]]:
+        """The model and its runner: split across the RPC workers unless it asks for no GPU layers. Blocking."""
+        if self._remote is not None and spec.num_gpu != 0:
+            vocab = Model(spec.path, ModelOptions(vocab_only=True))
+            try:
+                remote = self._remote.load(vocab, spec.runner, spec.num_gpu)
+            except BaseException:
+                vocab.close()
+                raise
+            return vocab, remote, remote.placement
+        model = spec.load()
+        try:
+            runner = Runner(model, spec.runner)
+        except BaseException:
+            model.close()
+            raise
+        local_gpu = spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
+        return model, runner, () if local_gpu else on_cpu(model.n_layer)
 
     def _hold(self, entry: Loaded) -> None:
         entry.refs += 1
@@ -261,3 +291,5 @@ class Scheduler:
         async with self._cond:
             for entry in list(self._loaded.values()):
                 await self._unload(entry)
+        if self._remote is not None:
+            await asyncio.to_thread(self._remote.close)

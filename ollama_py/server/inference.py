@@ -30,7 +30,7 @@ from ollama_py.engine.chat import (
     PreparedChat,
     chat,
 )
-from ollama_py.engine.runner import Runner
+from ollama_py.engine.runner import ModelRunner
 from ollama_py.engine.scheduler import Lease
 from ollama_py.engine.types import Sampling
 from ollama_py.server import models
@@ -59,7 +59,7 @@ class Held:
     sampling: Sampling
 
     @property
-    def runner(self) -> Runner:
+    def runner(self) -> ModelRunner:
         return self.lease.loaded.runner
 
     @property

@@ -110,7 +110,10 @@ def _process(store: Store, entry: Loaded, expires_in: float) -> native.ProcessMo
     on_gpu = entry.spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
     return native.ProcessModel(name=name.display(), model=name.display(), size=entry.model.size, digest=digest,
                                details=details, expires_at=_rfc3339(expires),
-                               size_vram=entry.model.size if on_gpu else 0, context_length=entry.runner.num_ctx)
+                               size_vram=entry.model.size if on_gpu else 0, context_length=entry.runner.num_ctx,
+                               placement=[native.LayerPlacement(device=p.device, endpoint=p.endpoint, layers=p.layers,
+                                                                first_layer=p.first_layer, last_layer=p.last_layer)
+                                          for p in entry.placement])
 
 
 async def ps(request: web.Request) -> web.StreamResponse:

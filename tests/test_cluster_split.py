@@ -1,0 +1,90 @@
+"""How the scheduler splits models across RPC workers on this machine's loopback (no namespaces needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+from collections.abc import Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+
+from ollama_py.cluster.placement import Placement
+from ollama_py.cluster.probe import WorkerUnavailable, hello
+from ollama_py.engine.runner import RunnerOptions
+from ollama_py.engine.scheduler import LoadSpec, Scheduler
+from ollama_py.engine.types import GenerationRequest, Sampling, Token
+from ollama_py.settings import Settings
+from tests.cluster_harness import free_port, stop, wait_until, worker_argv
+
+PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
+BASE = Settings(num_parallel=1, context_length=512)
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[tuple[str, str]]:
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen(worker_argv("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for port in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            wait_until(lambda p=port: hello(f"127.0.0.1:{p}", timeout=1), "worker", proc)  # type: ignore[misc]
+        yield f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+    finally:
+        stop(procs)
+
+
+def spec(path: Path, num_gpu: int = -1) -> LoadSpec:
+    return LoadSpec(path=path, runner=RunnerOptions(num_ctx=512, num_parallel=1, num_thread=1), num_gpu=num_gpu)
+
+
+async def answer(scheduler: Scheduler, name: str, load: LoadSpec) -> tuple[list[int], tuple[Placement, ...]]:
+    async with scheduler.acquire(name, load) as lease:
+        prompt = tuple(lease.loaded.model.vocab.tokenize(PROMPT, parse_special=True))
+        request = GenerationRequest(id=name, prompt=prompt, sampling=Sampling(temperature=0, num_predict=16))
+        async with aclosing(lease.loaded.runner.submit(request)) as events:  # type: ignore[type-var]
+            out = [e.token async for e in events if isinstance(e, Token)]
+        return out, lease.loaded.placement
+
+
+def test_layers_split_between_this_cpu_and_two_workers_as_told(workers: tuple[str, str], model_path: Path) -> None:
+    async def run() -> tuple[list[int], tuple[Placement, ...], list[int]]:
+        split = Scheduler(dataclasses.replace(BASE, rpc_servers=workers, tensor_split=(1.0, 3.0)))
+        local = Scheduler(BASE)
+        try:
+            # 20 of the 31 layers leave this machine: a quarter to the first worker, the rest to the second.
+            tokens, placement = await answer(split, "m", spec(model_path, num_gpu=20))
+            expected, _ = await answer(local, "m", spec(model_path, num_gpu=0))
+        finally:
+            await split.close()
+            await local.close()
+        return tokens, placement, expected
+
+    tokens, placement, expected = asyncio.run(run())
+    assert placement == (Placement(device="CPU", first_layer=0, last_layer=10),
+                         Placement(device="RPC0", endpoint=workers[0], first_layer=11, last_layer=15),
+                         Placement(device="RPC1", endpoint=workers[1], first_layer=16, last_layer=30))
+    assert tokens == expected
+
+
+def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(workers: tuple[str, str],
+                                                                           model_path: Path) -> None:
+    """A worker serves one client at a time: two models in two processes would wait on each other forever."""
+    async def run() -> list[list[int]]:
+        scheduler = Scheduler(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
+        try:
+            results = await asyncio.gather(answer(scheduler, "a", spec(model_path)),
+                                           answer(scheduler, "b", spec(model_path)))
+            assert {e.name for e in scheduler.loaded()} == {"a", "b"}
+            with pytest.raises(WorkerUnavailable, match="serving another server"):
+                hello(workers[0], timeout=1)  # held by this server's runner process
+        finally:
+            await scheduler.close()
+        return [tokens for tokens, _ in results]
+
+    first, second = asyncio.run(run())
+    assert first == second and first
+    for endpoint in workers:  # the runner process left with the last model: another server may use them now
+        hello(endpoint)
