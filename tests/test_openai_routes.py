@@ -217,3 +217,18 @@ def test_langchain_chat_models_complete_and_stream(server: LiveServer) -> None:
         assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] <= 8
         streamed = "".join(str(chunk.content) for chunk in chat.stream("Say hello."))
         assert streamed
+
+
+def test_stop_strings_end_the_answer(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, temperature=0, stop=["!"])
+    choice = completion.choices[0]
+    assert "!" not in (choice.message.content or "") and choice.finish_reason == "stop"
+
+
+def test_images_need_a_vision_model_and_a_data_uri(client: openai.OpenAI) -> None:
+    pixel = "data:image/png;base64,iVBORw0KGgo="
+    for url, message in ((pixel, "does not support images"), ("https://example.com/cat.png", "data: URI")):
+        content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+        assert message in info.value.message

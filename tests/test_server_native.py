@@ -300,3 +300,9 @@ def test_a_go_template_renders_the_conversation(client: ollama.Client, http: htt
 def test_fill_in_the_middle_needs_a_template_that_takes_a_suffix(http: httpx.Client) -> None:
     response = http.post("/api/generate", json={"model": MODEL, "prompt": "def f(", "suffix": "return x"})
     assert response.status_code == 400 and "does not support insert" in response.json()["error"]
+
+
+def test_thinking_on_a_model_without_it_is_400(http: httpx.Client) -> None:
+    response = http.post("/api/chat", json={"model": MODEL, "think": True, "messages": [
+        {"role": "user", "content": "Hi"}]})
+    assert response.status_code == 400 and "does not support thinking" in response.json()["error"]

@@ -27,12 +27,13 @@ from ollama_py.server.app import SHUTDOWN_TIMEOUT
 from ollama_py.server.errors import ApiError
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import errors, observe
+from ollama_py.server.services import SERVICES, Services
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
 from tests.server_harness import MODEL, default_store, live_server, server_settings
 
 
-def failing_app() -> web.Application:
+def failing_app(root: Path) -> web.Application:
     """Our pipeline and streaming layer around a stream that fails after two items."""
 
     async def items() -> AsyncGenerator[dict[str, object], None]:
@@ -53,7 +54,10 @@ def failing_app() -> web.Application:
     async def early(request: web.Request) -> web.StreamResponse:
         return await streaming.ndjson(request, nothing())
 
-    app = web.Application(middlewares=[observe(Metrics(Scheduler(Settings()))), errors])
+    scheduler = Scheduler(Settings())
+    metrics = Metrics(scheduler)
+    app = web.Application(middlewares=[observe(metrics), errors])
+    app[SERVICES] = Services(settings=Settings(), store=Store(root), scheduler=scheduler, metrics=metrics)
     app.router.add_post("/api/stream", ndjson)
     app.router.add_post("/v1/stream", sse)
     app.router.add_post("/api/early", early)
@@ -61,8 +65,9 @@ def failing_app() -> web.Application:
 
 
 @pytest.mark.asyncio
-async def test_failure_after_streaming_began_is_a_last_error_line(aiohttp_client: type[TestClient]) -> None:
-    client = await aiohttp_client(failing_app())  # type: ignore[operator]
+async def test_failure_after_streaming_began_is_a_last_error_line(aiohttp_client: type[TestClient],
+                                                                 tmp_path: Path) -> None:
+    client = await aiohttp_client(failing_app(tmp_path))  # type: ignore[operator]
     native = await client.post("/api/stream")
     assert native.status == 200 and native.headers["Content-Type"] == "application/x-ndjson"
     rows = [json.loads(line) for line in (await native.text()).splitlines()]

@@ -135,8 +135,15 @@ def make_app(settings: Settings, *, store: Store | None = None) -> web.Applicati
     for route in ROUTES:
         scopes[app.router.add_route(route.method, route.path, route.handler)] = route.scope
     app.on_response_prepare.append(cors.on_response_prepare)
+    app.on_shutdown.append(_drain)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+async def _drain(app: web.Application) -> None:
+    """On SIGTERM, streams get most of SHUTDOWN_TIMEOUT to finish; then each ends with an error line at its
+    next chunk, so clients see a stream that ended rather than a connection cut when the rest is cancelled."""
+    asyncio.get_running_loop().call_later(SHUTDOWN_TIMEOUT * 0.8, app[SERVICES].draining.set)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ time) and read once at the end by the access log and the metrics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ class Services:
     store: Store
     scheduler: Scheduler
     metrics: Metrics
+    # Set while shutting down once in-flight streams have had most of their time: each then ends cleanly.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ollama_py.api import codec
 from ollama_py.server.errors import ApiError, classify, openai_error_body
-from ollama_py.server.services import record
+from ollama_py.server.services import record, services
 from ollama_py.store.create import ProgressUpdate
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,10 @@ async def _stream(request: web.Request, items: AsyncGenerator[Any, None], *, con
         try:
             if first is not None:
                 await response.write(frame(first))
+            draining = services(request).draining
             async for item in it:
+                if draining.is_set():
+                    raise ApiError(503, "the server is shutting down")
                 await response.write(frame(item))
         except (ConnectionResetError, asyncio.CancelledError):
             raise  # the client went away: closing `items` cancels the work
