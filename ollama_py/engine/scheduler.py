@@ -23,10 +23,12 @@ from ollama_py.cluster.placement import Placement, on_cpu
 from ollama_py.cluster.remote import RemoteEmbedder, RemoteRunner, RunnerProcess
 from ollama_py.engine.chat import ChatFormatter
 from ollama_py.engine.embed import Embedder
+from ollama_py.engine.offload import Plan, plan, sizes
 from ollama_py.engine.runner import ModelRunner, Runner, RunnerOptions
 from ollama_py.llama.devices import devices
 from ollama_py.llama.model import Model, ModelOptions
 from ollama_py.settings import Settings
+from ollama_py.store import gguf
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,13 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     num_gpu: int = -1  # layers on the GPU; -1: as many as fit
     template: str = ""  # a Jinja chat template to use instead of the GGUF's own
 
-    def load(self) -> Model:
-        return Model(self.path, ModelOptions(n_gpu_layers=self.num_gpu))
+    def offload(self, free_vram: int) -> Plan:
+        """The GPU layers and memory of this spec, given the GPUs' free memory (Ollama's num_gpu)."""
+        info = gguf.read(self.path)
+        opts = self.runner
+        need = sizes(info, num_ctx_total=opts.num_ctx * opts.num_parallel, kv_cache_type=opts.kv_cache_type,
+                     n_ubatch=opts.num_batch)
+        return plan(need, free_vram=free_vram, num_gpu=self.num_gpu)
 
 
 @dataclass(eq=False)
@@ -106,6 +113,7 @@ class Loaded:
     formatter: ChatFormatter
     load_duration: int  # nanoseconds, reported by the request that caused the load
     placement: tuple[Placement, ...] = ()  # where the layers live; empty where llama.cpp's choice is not known
+    offload: Plan | None = None  # layers and memory on the local GPUs; None for RPC-split models
     refs: int = 0
     keep_alive: float = 300.0
     expires_at: float = math.inf  # loop time; inf while in use or kept forever
@@ -200,15 +208,28 @@ class Scheduler:
                     log.info("unloading %s to make room for %s", victim.name, name)
                     await self._unload(victim)
                     continue
+                victim = self._vram_victim(spec)
+                if victim is not None:
+                    log.info("unloading %s to free GPU memory for %s", victim.name, name)
+                    await self._unload(victim)
+                    continue
                 entry = await self._load(name, spec)
                 self._hold(entry)
                 return Lease(entry, entry.load_duration)
+
+    def _vram_victim(self, spec: LoadSpec) -> Loaded | None:
+        """An idle model on the GPU to unload when the new one would not fit there whole, as Ollama does."""
+        on_gpu = [e for e in self._loaded.values() if e.refs == 0 and e.offload is not None and e.offload.size_vram]
+        free = gpu_free_memory()
+        if not on_gpu or not free or spec.num_gpu == 0 or spec.offload(free).full:
+            return None
+        return min(on_gpu, key=lambda e: e.expires_at)
 
     async def _load(self, name: str, spec: LoadSpec) -> Loaded:
         start = time.monotonic_ns()
 
         def load() -> Loaded:
-            model, runner, placement = self._open(spec)
+            model, runner, placement, offload = self._open(spec)
             try:
                 formatter = ChatFormatter(model, spec.template)
             except BaseException:
@@ -216,7 +237,7 @@ class Scheduler:
                 model.close()
                 raise
             return Loaded(name=name, spec=spec, model=model, runner=runner, formatter=formatter, load_duration=0,
-                          placement=placement)
+                          placement=placement, offload=offload)
 
         entry = await asyncio.to_thread(load)
         entry.load_duration = time.monotonic_ns() - start
@@ -224,7 +245,7 @@ class Scheduler:
         log.info("loaded %s in %.2fs", name, entry.load_duration / 1e9)
         return entry
 
-    def _open(self, spec: LoadSpec) -> tuple[Model, ModelRunner, tuple[Placement, ...]]:
+    def _open(self, spec: LoadSpec) -> tuple[Model, ModelRunner, tuple[Placement, ...], Plan | None]:
         """The model and its runner: split across the RPC workers unless it asks for no GPU layers. Blocking."""
         if self._remote is not None and spec.num_gpu != 0:
             vocab = Model(spec.path, ModelOptions(vocab_only=True))
@@ -233,15 +254,17 @@ class Scheduler:
             except BaseException:
                 vocab.close()
                 raise
-            return vocab, remote, remote.placement
-        model = spec.load()
+            return vocab, remote, remote.placement, None
+        offload = spec.offload(gpu_free_memory())
+        log.info("%s: %d of %d layers on the GPU (%d of %d bytes)", spec.path.name, offload.gpu_layers,
+                 offload.n_layers, offload.size_vram, offload.size)
+        model = Model(spec.path, ModelOptions(n_gpu_layers=offload.gpu_layers))
         try:
             runner = Runner(model, spec.runner)
         except BaseException:
             model.close()
             raise
-        local_gpu = spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
-        return model, runner, () if local_gpu else on_cpu(model.n_layer)
+        return model, runner, () if offload.gpu_layers else on_cpu(model.n_layer), offload
 
     def _hold(self, entry: Loaded) -> None:
         entry.refs += 1
@@ -293,3 +316,8 @@ class Scheduler:
                 await self._unload(entry)
         if self._remote is not None:
             await asyncio.to_thread(self._remote.close)
+
+
+def gpu_free_memory() -> int:
+    """Free memory of the local GPUs as llama.cpp sees them (RPC workers are not local)."""
+    return sum(d.memory_free for d in devices() if d.kind in ("gpu", "igpu") and not d.name.startswith("RPC"))

@@ -22,7 +22,6 @@ from aiohttp import StreamReader, web
 from ollama_py.api import codec, native
 from ollama_py.api.options import Options
 from ollama_py.engine.scheduler import Loaded
-from ollama_py.llama.devices import devices
 from ollama_py.server import inference, models, streaming
 from ollama_py.server.models import ResolvedModel, model_details
 from ollama_py.server.services import record, services
@@ -107,10 +106,14 @@ def _process(store: Store, entry: Loaded, expires_in: float) -> native.ProcessMo
     except ModelNotFoundError:  # removed from the store while loaded
         details, digest = native.ModelDetails(), ""
     expires = datetime.now(UTC) + (timedelta(seconds=expires_in) if math.isfinite(expires_in) else _FOREVER)
-    on_gpu = entry.spec.num_gpu != 0 and any(d.kind in ("gpu", "igpu") for d in devices())
-    return native.ProcessModel(name=name.display(), model=name.display(), size=entry.model.size, digest=digest,
+    # As Ollama reports it: weights, KV cache and compute buffers, and the part of that on the GPUs.
+    # A model split across RPC workers counts as on the GPU, as llama.cpp types those devices.
+    remote = any(p.endpoint for p in entry.placement)
+    size, size_vram = ((entry.offload.size, entry.offload.size_vram) if entry.offload else
+                       (entry.model.size, entry.model.size if remote else 0))
+    return native.ProcessModel(name=name.display(), model=name.display(), size=size, digest=digest,
                                details=details, expires_at=_rfc3339(expires),
-                               size_vram=entry.model.size if on_gpu else 0, context_length=entry.runner.num_ctx,
+                               size_vram=size_vram, context_length=entry.runner.num_ctx,
                                placement=[native.LayerPlacement(device=p.device, endpoint=p.endpoint, layers=p.layers,
                                                                 first_layer=p.first_layer, last_layer=p.last_layer)
                                           for p in entry.placement])
