@@ -22,6 +22,7 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.cli.client import BaseURL, Client
+from tests.test_registry import running_registry
 
 CLI = [sys.executable, "-m", "ollama_py.cli.main"]
 # A generous guard for a loaded 2-core machine; a test fails if the server never answers, it never times speed.
@@ -266,3 +267,20 @@ def test_api_key_from_ollama_api_key(tmp_path: Path) -> None:
         assert "API key" in refused.stderr and "OLLAMA_API_KEY" in refused.stderr
         listed = cli({**server.env, "OLLAMA_API_KEY": "sesame"}, "list")
         assert listed.stdout.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+
+
+def test_push_and_pull_through_a_registry_with_progress_bars(server: Server, captain: str, tmp_path: Path) -> None:
+    with running_registry(tmp_path / "registry") as registry:
+        name = f"{registry.host}/library/captain:v1"
+        cli(server.env, "cp", captain, name)
+        pushed = cli(server.env, "push", "--insecure", name).stderr
+        assert re.search(r"^pushing [0-9a-f]{12}\s+100% .* MB", pushed, re.M)
+        assert pushed.split()[-1] == "success"
+
+        (tmp_path / "elsewhere").mkdir()
+        with start_server(tmp_path / "elsewhere") as elsewhere:
+            pulled = cli(elsewhere.env, "pull", "--insecure", name).stderr
+            assert re.search(r"^pulling manifest", pulled, re.M)
+            assert re.search(r"^pulling [0-9a-f]{12}\s+100% .* MB", pulled, re.M)
+            assert pulled.split()[-1] == "success"
+            assert cli(elsewhere.env, "show", name, "--system").stdout.startswith("You are Captain Haddock.")

@@ -25,6 +25,7 @@ from ollama_py.cli import answer as answers
 from ollama_py.cli import format as fmt
 from ollama_py.cli import models
 from ollama_py.cli.client import UNREACHABLE, BaseURL, Client, ClientError, ConnectError, ResponseError, start_server
+from ollama_py.cluster.cli import worker
 from ollama_py.store import modelfile as modelfiles
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,9 @@ def rm(session: Session, names: tuple[str, ...]) -> None:
     for name in names:
         client.call("DELETE", "/api/delete", ModelRequest(model=name))
         click.echo(f"deleted '{name}'")
+
+
+main.add_command(worker)  # ollama-py's own: offer this machine's devices to a server's cluster
 
 
 if __name__ == "__main__":
