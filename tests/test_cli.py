@@ -6,6 +6,7 @@ at what it prints and its exit status.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -172,6 +173,19 @@ PARAMETER num_predict 16
 """)
     cli(server.env, "create", "zorblax", "-f", str(tmp_path / "Modelfile"))
     assert "Zorb" in cli(server.env, "run", "zorblax", "Who are you?").stdout
+
+
+def test_run_format_json_and_think_flags(server: Server, model_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nPARAMETER temperature 0\nPARAMETER num_predict 48\n")
+    cli(server.env, "create", "jsonish", "-f", str(tmp_path / "Modelfile"))
+    answer = cli(server.env, "run", "jsonish", "--format", "json", "Describe Bob, 30, as a JSON object.").stdout
+    assert isinstance(json.loads(answer), dict)
+
+    thinking = cli(server.env, "run", "jsonish", "--think", "Hello", check=False)  # bare: on, "Hello" is the prompt
+    assert thinking.returncode == 1 and "does not support thinking" in thinking.stderr
+    assert cli(server.env, "run", "jsonish", "--think=false", "Hello").stdout.strip()
+    bad = cli(server.env, "run", "jsonish", "--think=loud", "Hello", check=False)
+    assert bad.returncode == 2 and "invalid think value 'loud'" in bad.stderr
 
 
 def test_run_reads_the_prompt_from_stdin(server: Server, captain: str) -> None:

@@ -197,6 +197,16 @@ def show(session: Session, model: str, fields: tuple[str, ...]) -> None:
         click.echo(fmt.model_info(info))
 
 
+class _RunCommand(click.Command):
+    """`--think` takes a level only as `--think=LEVEL`, as Ollama's flag does: `run m --think hi` is
+    thinking on and the prompt "hi", not the level "hi"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        args = ["--think=true" if arg == "--think" else arg for arg in args[:end]] + args[end:]
+        return super().parse_args(ctx, args)
+
+
 def _think(value: str | None) -> Think | None:
     """--think: bare or 'true' is on, 'false' off, or a level."""
     if value is None:
@@ -207,14 +217,14 @@ def _think(value: str | None) -> Think | None:
         raise click.BadParameter(str(exc), param_hint="--think") from None
 
 
-@main.command(epilog=_env_help("OLLAMA_HOST", "OLLAMA_NOHISTORY"))
+@main.command(cls=_RunCommand, epilog=_env_help("OLLAMA_HOST", "OLLAMA_NOHISTORY"))
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
 @click.option("--keepalive", help="Duration to keep a model loaded (e.g. 5m).")
 @click.option("--verbose", is_flag=True, help="Show timings for response.")
 @click.option("--format", "format_", type=click.Choice(["json"]), help="Response format (e.g. json).")
-@click.option("--think", is_flag=False, flag_value="true", default=None, metavar="[true|false|high|medium|low]",
-              help="Enable thinking mode: true/false or high/medium/low for supported models.")
+@click.option("--think", metavar="[=true|false|high|medium|low]",
+              help="Enable thinking mode: --think, or --think=false, or a level for supported models.")
 @click.option("--hidethinking", is_flag=True, help="Hide thinking output (if provided).")
 @click.option("--nowordwrap", is_flag=True, help="Don't wrap words to the next line automatically.")
 @pass_session
