@@ -182,9 +182,22 @@ def test_unknown_commands_help_and_history(server: Server, model: str, tmp_path:
         terminal.expect(r"(No system message was specified for this model\.|\w.*)\n>>> ")
         terminal.type("\x1b[A\x1b[A\n")  # up twice: /? again
         terminal.expect(r"/set\s+Set session variables")
+        terminal.type('/set system """You are terse.\n')
+        terminal.expect(r"\.\.\. ")
+        terminal.type('Answer in one word."""\n')
+        terminal.expect(r"Set system message\.\n>>> ")
+        terminal.type("/show system\n")
+        terminal.expect(r"You are terse\.\nAnswer in one word\.\n")
+        terminal.type("/load nosuch\n")
+        terminal.expect(r"Couldn't find model 'nosuch'\n>>> ")
+        terminal.type(f"/load {model}\n")
+        terminal.expect(rf"Loading model '{model}'\n>>> ")
+        terminal.type("/clear\n")
+        terminal.expect(r"Cleared session context\n>>> ")
         terminal.type("/bye\n")
         assert terminal.wait() == 0
     finally:
         terminal.close()
     history = (tmp_path / ".ollama" / "history").read_text().splitlines()
-    assert history == ["/nonsense", "/?", "/show system", "/?", "/bye"]
+    assert history[:5] == ["/nonsense", "/?", "/show system", "/?", '/set system """You are terse.']
+    assert history[-1] == "/bye"
