@@ -23,7 +23,7 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.cli.client import BaseURL, Client
-from tests.test_registry import running_registry
+from tests.test_registry_harness import running_registry
 
 CLI = [sys.executable, "-m", "ollama_py.cli.main"]
 # A generous guard for a loaded 2-core machine; a test fails if the server never answers, it never times speed.
