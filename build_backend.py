@@ -215,6 +215,10 @@ def cmake_args() -> list[str]:
         "-DLLAMA_USE_PREBUILT_UI=OFF",
         "-DLLAMA_OPENSSL=OFF",
         "-DGGML_RPC=ON",
+        # Keep static archives' symbols (a toolchain's libstdc++ pulled into
+        # libggml-cuda) out of our exports: exported, they interpose on the
+        # system libstdc++ and crash llama.cpp's static initialisers at load.
+        "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL",
         f"-DGGML_NATIVE={'ON' if native else 'OFF'}",
         *cuda_flags(),
     ]
