@@ -30,6 +30,9 @@ WORKER = [sys.executable, "-c", "from ollama_py.cluster.cli import worker; worke
 SERVE = [sys.executable, "-c", "from ollama_py import settings; from ollama_py.server.app import serve; "
          "serve(settings.load())"]
 
+# SmolLM2 answers this, greedily, for hundreds of tokens: long enough to act while it streams.
+STORY = [{"role": "user", "content": "Write a long story about a dragon, at least 500 words."}]
+
 
 def worker_argv(host: str, port: int) -> list[str]:
     """A worker serving its CPU on one thread: arithmetic as on the server's CPU, and light on a shared machine."""

@@ -18,14 +18,12 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.cluster.probe import hello
-from tests.cluster_harness import SERVE, Lan, lan, stop, wait_until, worker_argv
+from tests.cluster_harness import SERVE, STORY, Lan, lan, stop, wait_until, worker_argv
 from tests.server_harness import MODEL, default_store
 
 WORKER_PORT = 50052
 SERVER_PORT = 11434
 RAW_PROMPT = "<|im_start|>user\nList the planets of the solar system.<|im_end|>\n<|im_start|>assistant\n"
-# Counting goes on for hundreds of tokens: long enough to kill a worker while it runs.
-LONG_PROMPT = "<|im_start|>user\nCount from 1 to 1000, one number per line.<|im_end|>\n<|im_start|>assistant\n1\n2\n3\n"
 LOCAL = {"num_gpu": 0}  # no GPU layers: the model stays in the server, off the workers
 
 
@@ -118,9 +116,8 @@ def test_a_worker_dying_mid_answer_ends_that_answer_with_a_clear_error(cluster: 
     victim = cluster.workers["w2"]
     lines = []
     with cluster.client() as client:
-        with client.stream("POST", "/api/generate", json={
-                "model": MODEL, "prompt": LONG_PROMPT, "raw": True,
-                "options": {"temperature": 0, "num_predict": 1500}}) as response:
+        with client.stream("POST", "/api/chat", json={
+                "model": MODEL, "messages": STORY, "options": {"temperature": 0, "num_predict": 400}}) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 lines.append(orjson.loads(line))

@@ -7,6 +7,8 @@ Inference Extension's model-server protocol expects gauges of that meaning.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,6 +24,7 @@ _PREFIX = "ollama_py"
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_THROUGHPUT_WINDOW = 60.0  # seconds
 
 
 class _EngineCollector(Collector):
@@ -54,6 +57,36 @@ class _EngineCollector(Collector):
         yield from (waiting, loaded, busy, total, kv)
 
 
+class _Throughput(Collector):
+    """Tokens generated per second over the last minute: a gauge an autoscaler reads without PromQL.
+
+    Each finished generation counts for the part of its decode interval inside
+    the window, so a long answer is spread over the time it took, not dropped
+    in at its end. Answers still running count once they finish.
+    """
+
+    def __init__(self) -> None:
+        self._spans: deque[tuple[float, float, str, int]] = deque()  # start, end, model, tokens; by end
+
+    def add(self, model: str, tokens: int, seconds: float) -> None:
+        end = time.monotonic()
+        self._spans.append((end - seconds, end, model, tokens))
+
+    def collect(self) -> Iterator[Metric]:
+        since = time.monotonic() - _THROUGHPUT_WINDOW
+        while self._spans and self._spans[0][1] <= since:
+            self._spans.popleft()
+        tokens: dict[str, float] = {}
+        for start, end, model, count in self._spans:
+            inside = (end - max(start, since)) / (end - start) if end > start else 1.0
+            tokens[model] = tokens.get(model, 0.0) + count * inside
+        rate = GaugeMetricFamily(f"{_PREFIX}_generation_tokens_per_second",
+                                 "Tokens generated per second over the last minute", labels=["model"])
+        for model, count in tokens.items():
+            rate.add_metric([model], count / _THROUGHPUT_WINDOW)
+        yield rate
+
+
 class Metrics:
     def __init__(self, scheduler: Scheduler) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -72,6 +105,13 @@ class Metrics:
                               "Mean time per generated token after the first, per request", ["model"],
                               buckets=_TPOT_BUCKETS, registry=self.registry)
         self.registry.register(_EngineCollector(scheduler))
+        self._throughput = _Throughput()
+        self.registry.register(self._throughput)
+
+    def generated(self, model: str, tokens: int, seconds: float) -> None:
+        """Counts a finished generation's tokens, and its decode time for the throughput gauge."""
+        self.generated_tokens.labels(model).inc(tokens)
+        self._throughput.add(model, tokens, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

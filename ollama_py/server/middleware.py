@@ -70,7 +70,7 @@ def observe(metrics: Metrics) -> Middleware:
             metrics.latency.labels(route).observe((time.monotonic_ns() - rec.started) / 1e9)
             if rec.model and (rec.prompt_tokens or rec.eval_tokens):
                 metrics.prompt_tokens.labels(rec.model).inc(rec.prompt_tokens)
-                metrics.generated_tokens.labels(rec.model).inc(rec.eval_tokens)
+                metrics.generated(rec.model, rec.eval_tokens, rec.eval_duration / 1e9)
                 if rec.first_token:
                     metrics.ttft.labels(rec.model).observe((rec.first_token - rec.started) / 1e9)
                 if rec.eval_tokens > 1:
