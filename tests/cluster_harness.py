@@ -1,4 +1,4 @@
-"""What the cluster and deployment tests start: workers, servers, and a LAN of network namespaces.
+"""What the cluster and deployment tests (and bench/cluster_bench.py) start: workers, servers, nginx, a LAN.
 
 The LAN gives each member its own network and address. A bridge in a
 namespace of its own joins the members and this machine (the test process's
@@ -12,6 +12,7 @@ CAP_SYS_ADMIN) and iproute2; tests skip, saying so, where the kernel refuses.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,17 +20,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
 from ollama_py.cluster.probe import WorkerUnavailable
 
-# The commands as a user runs them (`ollama-py worker`, `ollama-py serve`), from this interpreter.
-WORKER = [sys.executable, "-c", "from ollama_py.cluster.cli import worker; worker()"]
-SERVE = [sys.executable, "-c", "from ollama_py import settings; from ollama_py.server.app import serve; "
-         "serve(settings.load())"]
+# The commands as a user runs them (`ollama-py ...`), from this interpreter.
+CLI = [sys.executable, "-m", "ollama_py.cli.main"]
+WORKER = [*CLI, "worker"]
+SERVE = [*CLI, "serve"]
 
+NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "ollama-py.conf"
 # SmolLM2 answers this, greedily, for hundreds of tokens: long enough to act while it streams.
 STORY = [{"role": "user", "content": "Write a long story about a dragon, at least 500 words."}]
 
@@ -37,6 +40,38 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon, at leas
 def worker_argv(host: str, port: int) -> list[str]:
     """A worker serving its CPU on one thread: arithmetic as on the server's CPU, and light on a shared machine."""
     return [*WORKER, "--host", host, "--port", str(port), "--device", "CPU", "--threads", "1"]
+
+
+def server_env(address: str, store: Path, cache: Path, **variables: str) -> dict[str, str]:
+    """The environment of a `serve` on `address` over this store; `variables` add settings (OLLAMA_...)."""
+    return {**os.environ, "OLLAMA_HOST": address, "OLLAMA_MODELS": str(store), "OLLAMA_PY_CACHE": str(cache),
+            "OLLAMA_NOPRUNE": "1", **variables}
+
+
+def nginx_config(directory: Path, replicas: Sequence[str], port: int) -> Path:
+    """The shipped deploy/nginx/ollama-py.conf with only its replicas, listen address and log path changed,
+    inside a main configuration that keeps every file in `directory`; returns that main file."""
+    text = NGINX_CONF.read_text()
+    servers = re.findall(r"^    server 10\.0\.0\.\d+:11434 .*\n", text, re.M)
+    assert len(servers) == 3
+    text = text.replace("".join(servers), "".join(f"    server {r} max_fails=1 fail_timeout=10s;\n" for r in replicas))
+    for old, new in (("listen 11434;", f"listen 127.0.0.1:{port};"),
+                     ("/var/log/nginx/ollama-py.access.log", str(directory / "access.log"))):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    (directory / "ollama-py.conf").write_text(text)
+    main = directory / "nginx.conf"
+    main.write_text(f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log;\ndaemon off;\n"
+                    f"events {{ worker_connections 1024; }}\nhttp {{ include {directory}/ollama-py.conf; }}\n")
+    return main
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (apt-get install nginx); the tests skip without it."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        pytest.skip("nginx is not installed: apt-get install nginx")
+    return found
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.cluster.probe import hello
-from tests.cluster_harness import SERVE, STORY, Lan, lan, stop, wait_until, worker_argv
+from tests.cluster_harness import CLI, SERVE, STORY, Lan, lan, server_env, stop, wait_until, worker_argv
 from tests.server_harness import MODEL, default_store
 
 WORKER_PORT = 50052
@@ -57,10 +57,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for member, proc in workers.items():
                 wait_until(lambda m=member: hello(f"{net.address(m)}:{WORKER_PORT}", timeout=1),  # type: ignore[misc]
                            f"worker {member}", proc)
-            env = {**os.environ, "OLLAMA_HOST": f"{net.address('server')}:{SERVER_PORT}", "OLLAMA_MODELS": str(root),
-                   "OLLAMA_PY_CACHE": str(cache), "OLLAMA_PY_ALLOW_UNAUTHENTICATED": "1",
-                   "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_CONTEXT_LENGTH": "2048", "OLLAMA_MAX_LOADED_MODELS": "1",
-                   "OLLAMA_RPC_SERVERS": ",".join(f"{net.address(m)}:{WORKER_PORT}" for m in workers)}
+            env = server_env(f"{net.address('server')}:{SERVER_PORT}", root, cache,
+                             OLLAMA_PY_ALLOW_UNAUTHENTICATED="1", OLLAMA_NUM_PARALLEL="2",
+                             OLLAMA_CONTEXT_LENGTH="2048", OLLAMA_MAX_LOADED_MODELS="1",
+                             OLLAMA_RPC_SERVERS=",".join(f"{net.address(m)}:{WORKER_PORT}" for m in workers))
             server = net.run("server", SERVE, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             procs.append(server)
@@ -96,6 +96,8 @@ def test_split_model_generates_what_the_local_model_does(cluster: Cluster) -> No
         placement = client.get("/api/ps").json()["models"][0]["placement"]
         split_vector = embed(client, {})
         metrics = client.get("/metrics").text
+        listing = subprocess.run([*CLI, "ps"], env={**os.environ, "OLLAMA_HOST": cluster.url}, capture_output=True,
+                                 text=True, timeout=120).stdout
         local = generate(client, RAW_PROMPT, LOCAL)
         local_placement = client.get("/api/ps").json()["models"][0]["placement"]
         local_vector = embed(client, LOCAL)
@@ -107,6 +109,9 @@ def test_split_model_generates_what_the_local_model_does(cluster: Cluster) -> No
     assert all(p["device"].startswith("RPC") for p in placement)
     assert sum(p["layers"] for p in placement) == 31  # SmolLM2-135M: 30 blocks and the output layer
     assert local_placement == [{"device": "CPU", "endpoint": "", "layers": 31, "first_layer": 0, "last_layer": 30}]
+    # So does `ollama-py ps`.
+    assert "100% RPC" in listing
+    assert all(f"{p['first_layer']}-{p['last_layer']} {p['device']} ({p['endpoint']})" in listing for p in placement)
     # Embeddings are computed on the workers too, and the model's slots show in the metrics.
     assert split_vector == pytest.approx(local_vector, abs=1e-5)
     assert f'ollama_py_slots_total{{model="{MODEL}"}} 2.0' in metrics

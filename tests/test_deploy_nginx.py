@@ -8,9 +8,7 @@ access log the configuration writes.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -24,10 +22,9 @@ import orjson
 import pytest
 
 from ollama_py import settings
-from tests.cluster_harness import SERVE, STORY, free_port, stop, wait_until
+from tests.cluster_harness import SERVE, STORY, free_port, nginx_binary, nginx_config, server_env, stop, wait_until
 from tests.server_harness import MODEL, default_store
 
-CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "ollama-py.conf"
 SESSIONS = 60
 SHORT = {"num_predict": 4, "num_thread": 1}  # light answers: three replicas share this machine's cores
 
@@ -66,27 +63,9 @@ def served_by(entry: dict[str, str]) -> str:
     return entry["upstream"].split(", ")[-1]
 
 
-def nginx_conf(directory: Path, replicas: list[str], port: int) -> Path:
-    text = CONF.read_text()
-    servers = re.findall(r"^    server 10\.0\.0\.\d+:11434 .*\n", text, re.M)
-    assert len(servers) == 3
-    text = text.replace("".join(servers), "".join(f"    server {r} max_fails=1 fail_timeout=10s;\n" for r in replicas))
-    for old, new in (("listen 11434;", f"listen 127.0.0.1:{port};"),
-                     ("/var/log/nginx/ollama-py.access.log", str(directory / "access.log"))):
-        assert text.count(old) == 1
-        text = text.replace(old, new)
-    (directory / "ollama-py.conf").write_text(text)
-    main = directory / "nginx.conf"
-    main.write_text(f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log;\ndaemon off;\n"
-                    f"events {{ worker_connections 1024; }}\nhttp {{ include {directory}/ollama-py.conf; }}\n")
-    return main
-
-
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip("nginx is not installed: apt-get install nginx")
+    nginx = nginx_binary()
     cache = settings.load().cache
     store = tmp_path_factory.mktemp("store")
     default_store(store, cache)
@@ -95,8 +74,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         replicas = {}
         for _ in range(3):  # three replicas sharing one store, as on a shared volume
             address = f"127.0.0.1:{free_port()}"
-            env = {**os.environ, "OLLAMA_HOST": address, "OLLAMA_MODELS": str(store), "OLLAMA_PY_CACHE": str(cache),
-                   "OLLAMA_NOPRUNE": "1", "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_CONTEXT_LENGTH": "1024"}
+            env = server_env(address, store, cache, OLLAMA_NUM_PARALLEL="4", OLLAMA_CONTEXT_LENGTH="1024")
             replicas[address] = subprocess.Popen(SERVE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             procs.append(replicas[address])
         for address, proc in replicas.items():
@@ -104,8 +82,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
                        f"replica {address}", proc)
         directory = tmp_path_factory.mktemp("nginx")
         port = free_port()
-        server = subprocess.Popen([nginx, "-p", str(directory), "-c", str(nginx_conf(directory, list(replicas), port))],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        config = nginx_config(directory, list(replicas), port)
+        server = subprocess.Popen([nginx, "-p", str(directory), "-c", str(config)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
         procs.append(server)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/health", timeout=1).raise_for_status(), "nginx", server)

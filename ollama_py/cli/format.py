@@ -160,11 +160,25 @@ def models_table(models: Sequence[ListModel], prefix: str | None = None) -> str:
 
 
 def running_table(models: Sequence[ProcessModel], prefix: str | None = None) -> str:
-    """`ollama ps`: NAME ID SIZE PROCESSOR CONTEXT UNTIL."""
-    rows = [[m.name, m.digest[:12], human_bytes(m.size), processor(m.size, m.size_vram), str(m.context_length),
-             human_time(parse_time(m.expires_at), "Never")]
-            for m in models if not prefix or m.name.startswith(prefix)]
-    return table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+    """`ollama ps`: NAME ID SIZE PROCESSOR CONTEXT UNTIL; then, for a model split across RPC workers, its layers."""
+    shown = [m for m in models if not prefix or m.name.startswith(prefix)]
+    rows = [[m.name, m.digest[:12], human_bytes(m.size), _rpc_share(m) or processor(m.size, m.size_vram),
+             str(m.context_length), human_time(parse_time(m.expires_at), "Never")] for m in shown]
+    split = [f"{m.name} layers: " + ", ".join(f"{p.first_layer}-{p.last_layer} {p.device}"
+                                              + (f" ({p.endpoint})" if p.endpoint else "") for p in m.placement)
+             for m in shown if _rpc_share(m)]
+    listing = table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+    return listing + "\n\n" + "\n".join(split) if split else listing
+
+
+def _rpc_share(model: ProcessModel) -> str:
+    """'35%/65% CPU/RPC' by layers for a model with layers on RPC workers (ollama-py's own), else ''."""
+    remote = sum(p.layers for p in model.placement if p.endpoint)
+    if not remote:
+        return ""
+    total = sum(p.layers for p in model.placement)
+    local = round((total - remote) * 100 / total)
+    return "100% RPC" if not local else f"{local}%/{100 - local}% CPU/RPC"
 
 
 def model_info(info: ShowResponse) -> str:
