@@ -102,6 +102,7 @@ class Settings:
     hf_token: str = field(default="", repr=False)  # secret: never in a log line
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    rpc_timeout: int = 300
 
 
 # field -> (environment variable, parser, description)
@@ -146,6 +147,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "tensor_split": ("OLLAMA_PY_TENSOR_SPLIT", _proportions,
                      "share of the layers per device, e.g. 3,1: the RPC workers in OLLAMA_RPC_SERVERS order, "
                      "then local GPUs; default: by free memory"),
+    "rpc_timeout": ("OLLAMA_PY_RPC_TIMEOUT", _int,
+                    "seconds a generation step on RPC workers may take before their runner process is stopped "
+                    "(a worker cut off without a reset would hold its requests forever)"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

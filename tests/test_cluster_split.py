@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import aclosing
@@ -15,7 +16,7 @@ from ollama_py.cluster.placement import Placement
 from ollama_py.cluster.probe import WorkerUnavailable, hello
 from ollama_py.engine.runner import RunnerOptions
 from ollama_py.engine.scheduler import LoadSpec, Scheduler
-from ollama_py.engine.types import GenerationRequest, Sampling, Token
+from ollama_py.engine.types import EngineError, GenerationRequest, Sampling, Token
 from ollama_py.settings import Settings
 from tests.cluster_harness import free_port, stop, wait_until, worker_argv
 
@@ -24,16 +25,22 @@ BASE = Settings(num_parallel=1, context_length=512)
 
 
 @pytest.fixture(scope="module")
-def workers() -> Iterator[tuple[str, str]]:
+def worker_procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     ports = [free_port(), free_port()]
     procs = [subprocess.Popen(worker_argv("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
             wait_until(lambda p=port: hello(f"127.0.0.1:{p}", timeout=1), "worker", proc)  # type: ignore[misc]
-        yield f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"
+        yield {f"127.0.0.1:{port}": proc for port, proc in zip(ports, procs, strict=True)}
     finally:
         stop(procs)
+
+
+@pytest.fixture
+def workers(worker_procs: dict[str, subprocess.Popen[bytes]]) -> tuple[str, str]:
+    first, second = worker_procs
+    return first, second
 
 
 def spec(path: Path, num_gpu: int = -1) -> LoadSpec:
@@ -88,3 +95,32 @@ def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(work
     assert first == second and first
     for endpoint in workers:  # the runner process left with the last model: another server may use them now
         hello(endpoint)
+
+
+def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_timeout(
+        worker_procs: dict[str, subprocess.Popen[bytes]], model_path: Path) -> None:
+    """A frozen machine or a cut cable closes no connection: llama.cpp alone would wait forever."""
+    endpoints = tuple(worker_procs)
+    frozen = worker_procs[endpoints[1]]
+
+    async def run() -> tuple[str, list[int]]:
+        scheduler = Scheduler(dataclasses.replace(BASE, rpc_servers=endpoints, rpc_timeout=3))
+        try:
+            async with scheduler.acquire("m", spec(model_path)) as lease:
+                prompt = tuple(lease.loaded.model.vocab.tokenize(PROMPT, parse_special=True))
+                request = GenerationRequest(id="r", prompt=prompt, sampling=Sampling(temperature=0, num_predict=400))
+                with pytest.raises(EngineError) as failure:
+                    async with aclosing(lease.loaded.runner.submit(request)) as events:  # type: ignore[type-var]
+                        async for _ in events:
+                            frozen.send_signal(signal.SIGSTOP)
+            frozen.send_signal(signal.SIGCONT)
+            tokens, _ = await answer(scheduler, "m", spec(model_path))  # a new runner process, the worker back
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+            await scheduler.close()
+        return str(failure.value), tokens
+
+    message, tokens = asyncio.run(run())
+    assert "no step finished in 3s (OLLAMA_PY_RPC_TIMEOUT)" in message
+    assert f"RPC worker {endpoints[1]} accepted the connection but did not answer" in message
+    assert tokens

@@ -52,7 +52,7 @@ def hello(endpoint: str, timeout: float = 5.0) -> tuple[int, int, int]:
         except TimeoutError:
             raise WorkerUnavailable(
                 f"RPC worker {endpoint} accepted the connection but did not answer within {timeout:g}s: it is "
-                "probably serving another server (a worker serves one client at a time)") from None
+                "serving another server (a worker serves one client at a time), or it hangs") from None
         except OSError as exc:
             raise WorkerUnavailable(f"RPC worker {endpoint} dropped the handshake: {exc.strerror or exc}") from None
     if major != PROTOCOL[0] or minor > PROTOCOL[1]:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -35,6 +36,7 @@ from ollama_py.engine.embed import EmbedResult
 from ollama_py.engine.runner import RunnerOptions, RunnerStats, fit_prompt
 from ollama_py.engine.types import Done, EngineError, Event, Failed, GenerationRequest
 from ollama_py.llama.model import Model
+from ollama_py.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,17 @@ class _Stream:
 class _Link:
     """One runner process, from its start to its exit: the socket, the threads reading it, what waits on it."""
 
-    def __init__(self, workers: tuple[str, ...], debug: bool, numbers: Callable[[], int]) -> None:
+    def __init__(self, workers: tuple[str, ...], debug: bool, timeout: float, numbers: Callable[[], int]) -> None:
         self.workers = workers
+        self._timeout = timeout
         self._next = numbers
         self.models: set[int] = set()
         self.stats: dict[int, RunnerStats] = {}
         self.dead: str | None = None
         self._closing = False
+        self._silent = False  # stopped by the watchdog
+        self._heard = time.monotonic()  # when the last frame came
+        self._ended = threading.Event()
         self._lock = threading.Lock()  # orders "is it dead" against new calls and streams
         self._send_lock = threading.Lock()  # one frame at a time on the socket
         self._calls: dict[int, Future[protocol.ToServer]] = {}
@@ -84,6 +90,7 @@ class _Link:
         self._pump.start()
         self._reader = threading.Thread(target=self._read, name="rpc runner reader", daemon=True)
         self._reader.start()
+        threading.Thread(target=self._watch, name="rpc runner watchdog", daemon=True).start()
         log.info("started the RPC runner process (pid %d) for workers %s", self._proc.pid, ", ".join(workers))
 
     # ---- calls and streams (any thread) --------------------------------------------------
@@ -107,6 +114,8 @@ class _Link:
         with self._lock:
             if self.dead is not None:
                 raise EngineError(self.dead)
+            if not self._streams:
+                self._heard = time.monotonic()  # the watchdog counts from when there is work
             self._streams[stream.number] = stream
         return stream
 
@@ -143,12 +152,28 @@ class _Link:
     def _read(self) -> None:
         try:
             while (body := protocol.read_frame(self._sock)) is not None:
+                self._heard = time.monotonic()
                 self._dispatch(protocol.to_server.decode(body))
         except (OSError, ValueError, msgspec.DecodeError) as exc:
             if not self._closing:
                 log.error("lost the RPC runner process's stream: %s", exc)
             self._proc.kill()
+        self._ended.set()
         self._died(self._reason())
+
+    def _watch(self) -> None:
+        """Stops the process when it answers nothing for `timeout` while requests stream.
+
+        llama.cpp's RPC client has no timeout: a worker cut off without a reset
+        (a network partition, a frozen machine) would hold those requests forever.
+        Each step of a generation sends a frame, so silence this long means stuck.
+        """
+        while not self._ended.wait(1.0):
+            if self._streams and time.monotonic() - self._heard > self._timeout:
+                self._silent = True
+                log.error("the RPC runner process sent nothing for %gs while answering; stopping it", self._timeout)
+                self._proc.kill()
+                return
 
     def _dispatch(self, message: protocol.ToServer) -> None:
         if not isinstance(message, protocol.Events):
@@ -182,6 +207,8 @@ class _Link:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         lines = list(self._tail)
         detail = next((m[1] for line in reversed(lines) if (m := _ABORT.match(line))), lines[-1] if lines else "")
+        if self._silent:
+            how, detail = "stopped", f"no step finished in {self._timeout:g}s (OLLAMA_PY_RPC_TIMEOUT)"
         reason = f"the RPC runner process stopped ({how}){': ' + detail if detail else ''}; {self._suspects()}"
         log.error("%s", reason)
         return reason
@@ -303,11 +330,11 @@ class RemoteRunner:
 class RunnerProcess:
     """Runs every model that uses RPC workers, in one supervised process started on demand."""
 
-    def __init__(self, workers: tuple[str, ...], *, tensor_split: tuple[float, ...] = (),
-                 debug: bool = False) -> None:
-        self.workers = workers
-        self._tensor_split = tensor_split
-        self._debug = debug
+    def __init__(self, settings: Settings) -> None:
+        self.workers = settings.rpc_servers
+        self._tensor_split = settings.tensor_split
+        self._debug = settings.debug
+        self._timeout = float(settings.rpc_timeout)
         self._lock = threading.Lock()  # one start, load or unload at a time
         self._link: _Link | None = None
         self._numbers = itertools.count(1).__next__
@@ -323,7 +350,7 @@ class RunnerProcess:
             if link is None or link.dead is not None:
                 for worker in self.workers:  # before llama.cpp, which would abort or hang on a bad one
                     probe.hello(worker)
-                link = self._link = _Link(self.workers, self._debug, self._numbers)
+                link = self._link = _Link(self.workers, self._debug, self._timeout, self._numbers)
                 try:
                     link.call(lambda call: protocol.Start(call=call, workers=self.workers))
                 except EngineError:

@@ -157,8 +157,7 @@ class Scheduler:
         self._cond = asyncio.Condition()
         self._waiting = 0
         # Models that use RPC workers run in a supervised process: llama.cpp aborts the one that uses a dead worker.
-        self._remote = RunnerProcess(settings.rpc_servers, tensor_split=settings.tensor_split,
-                                     debug=settings.debug) if settings.rpc_servers else None
+        self._remote = RunnerProcess(settings) if settings.rpc_servers else None
 
     @property
     def waiting(self) -> int:

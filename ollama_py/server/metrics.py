@@ -82,8 +82,8 @@ class _Throughput(Collector):
             tokens[model] = tokens.get(model, 0.0) + count * inside
         rate = GaugeMetricFamily(f"{_PREFIX}_generation_tokens_per_second",
                                  "Tokens generated per second over the last minute", labels=["model"])
-        for model, count in tokens.items():
-            rate.add_metric([model], count / _THROUGHPUT_WINDOW)
+        for model, total in tokens.items():
+            rate.add_metric([model], total / _THROUGHPUT_WINDOW)
         yield rate
 
 
