@@ -134,8 +134,9 @@ def test_a_worker_dying_mid_answer_ends_that_answer_with_a_clear_error(cluster: 
         assert f"RPC worker {cluster.endpoint('w2')} is unreachable" in last["error"]
         assert not any(chunk.get("done") for chunk in lines)
 
-        # The server is still up, and serves the model where it needs no worker.
+        # The server is still up, lists the split model no more, and serves the model where it needs no worker.
         assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/api/ps").json()["models"] == []
         local = generate(client, RAW_PROMPT, LOCAL)
         assert local["done"] and local["response"]
         # The split model now fails fast, naming the worker, instead of hanging or crashing the server.

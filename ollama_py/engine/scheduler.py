@@ -165,8 +165,11 @@ class Scheduler:
         return self._waiting
 
     def loaded(self) -> list[Loaded]:
-        """The loaded models, longest remaining first (Ollama's /api/ps order)."""
-        return sorted(self._loaded.values(), key=lambda e: -e.expires_at)
+        """The loaded models that can serve, longest remaining first (Ollama's /api/ps order).
+
+        A model whose runner died (its RPC worker went) is left out; it is freed at the next request for it.
+        """
+        return sorted((e for e in self._loaded.values() if e.runner.alive), key=lambda e: -e.expires_at)
 
     @asynccontextmanager
     async def acquire(self, name: str, spec: LoadSpec, keep_alive: float | None = None) -> AsyncIterator[Lease]:
