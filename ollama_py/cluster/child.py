@@ -76,13 +76,13 @@ class _Child:
         while (body := await protocol.read_frame_async(reader)) is not None:
             match protocol.to_runner.decode(body):
                 case Start() as start:
-                    self._call(start.call, self._start, start)
+                    self._call(self._start, start)
                 case Load() as load:
-                    self._call(load.call, self._load, load)
+                    self._call(self._load, load)
                 case Unload() as unload:
-                    self._call(unload.call, self._unload, unload)
+                    self._call(self._unload, unload)
                 case Embed() as embed:
-                    self._call(embed.call, self._embed, embed)
+                    self._call(self._embed, embed)
                 case Submit() as submit:
                     self._streams[submit.id] = asyncio.create_task(self._stream(submit))
                 case Cancel(id=request_id):
@@ -94,7 +94,7 @@ class _Child:
         for hosted in self._hosted.values():
             await asyncio.to_thread(hosted.close)
 
-    def _call(self, call: int, work: Callable[[M], protocol.ToServer], message: M) -> None:
+    def _call(self, work: Callable[[M], protocol.ToServer], message: M) -> None:
         """Runs a blocking call in a thread, so streams go on meanwhile; its reply is one frame."""
 
         async def run() -> None:
@@ -103,7 +103,7 @@ class _Child:
                 reply = await asyncio.to_thread(work, message)
             except Exception as exc:
                 log.warning("%s failed: %s", type(message).__name__, exc)
-                reply = protocol.Error(call=call, message=str(exc))
+                reply = protocol.Error(call=message.call, message=str(exc))
             self._writer.write(protocol.frame(reply))
             self._schedule_flush()
 
