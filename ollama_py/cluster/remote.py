@@ -13,6 +13,7 @@ in-process Runner's face.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -33,8 +34,8 @@ import msgspec
 from ollama_py.cluster import probe, protocol
 from ollama_py.cluster.placement import Placement
 from ollama_py.engine.embed import EmbedResult
-from ollama_py.engine.runner import RunnerOptions, RunnerStats, fit_prompt
-from ollama_py.engine.types import Done, EngineError, Event, Failed, GenerationRequest
+from ollama_py.engine.runner import RunnerOptions, RunnerStats, events_until_done, fit_prompt
+from ollama_py.engine.types import EngineError, Event, Failed, GenerationRequest
 from ollama_py.llama.model import Model
 from ollama_py.settings import Settings
 
@@ -294,23 +295,21 @@ class RemoteRunner:
         """Streams the request's events, ending with Done; closing the iterator early cancels it."""
         fit_prompt(list(request.prompt), self.num_ctx, request.sampling.num_keep, request.truncate)  # 400s here
         stream = self.link.open(asyncio.get_running_loop())
-        finished = False
-        try:
-            self.link.send(protocol.Submit(model=self.number, id=stream.number, request=request))
-            while not finished:
-                event = await stream.queue.get()
-                if isinstance(event, Failed):
-                    finished = True
-                    raise EngineError(event.message)
-                finished = isinstance(event, Done)
-                yield event
-        finally:
-            self.link.forget(stream)
-            if not finished and self.link.dead is None:
+
+        def cancel() -> None:
+            if self.link.dead is None:
                 try:
                     self.link.send(protocol.Cancel(id=stream.number))
                 except EngineError:
                     pass  # it died meanwhile: nothing left to cancel
+
+        try:
+            self.link.send(protocol.Submit(model=self.number, id=stream.number, request=request))
+            async with contextlib.aclosing(events_until_done(stream.queue, cancel)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self.link.forget(stream)
 
     @property
     def alive(self) -> bool:

@@ -10,13 +10,14 @@ go back to the asyncio side in one `call_soon_threadsafe` per step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -154,6 +155,28 @@ class _Slot:
     last_used: int = 0
 
 
+async def events_until_done(pending: asyncio.Queue[Event | Failed],
+                            abandon: Callable[[], None]) -> AsyncIterator[Event]:
+    """One request's events up to Done, a Failed raised as EngineError.
+
+    Closed before Done (the client went away), it calls `abandon`, which
+    tells whoever runs the request to cancel it. Shared by the in-process
+    runner and the RPC runner process's proxy.
+    """
+    finished = False
+    try:
+        while not finished:
+            event = await pending.get()
+            if isinstance(event, Failed):
+                finished = True
+                raise EngineError(event.message)
+            finished = isinstance(event, Done)
+            yield event
+    finally:
+        if not finished:
+            abandon()
+
+
 class Runner:
     """Serves one model to many concurrent requests on a thread of its own."""
 
@@ -205,19 +228,13 @@ class Runner:
             if self._dead is not None:
                 raise EngineError(self._dead)
             self._inbox.put(_Submit(request, stream, time.monotonic_ns(), truncated))
-        finished = False
         try:
-            while not finished:
-                event = await stream.queue.get()
-                if isinstance(event, Failed):
-                    finished = True
-                    raise EngineError(event.message)
-                finished = isinstance(event, Done)
-                yield event
+            async with contextlib.aclosing(events_until_done(
+                    stream.queue, lambda: self._inbox.put(_Cancel(stream)))) as events:
+                async for event in events:
+                    yield event
         finally:
             stream.closed = True
-            if not finished:
-                self._inbox.put(_Cancel(stream))
 
     def close(self) -> None:
         """Stops the thread (failing what is in flight) and frees the context."""
