@@ -198,6 +198,20 @@ def cpu_fingerprint() -> str:
     return f"{model.group(1) if model else ''}|{flags.group(1) if flags else ''}"
 
 
+def native_cpu_flags() -> list[str]:
+    """Compiler flags that narrow -march=native.
+
+    On CPUs with AMX (Sapphire Rapids and later), -march=native turns on
+    ggml's AMX matrix kernels, which at the pinned commit crash in
+    `ggml_backend_amx_mul_mat` on the first decode of a Q4_1 model. The
+    AVX-512 kernels serve those CPUs instead.
+    """
+    if platform.machine() not in {"x86_64", "AMD64"}:
+        return []
+    amx_off = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    return [f"-DCMAKE_C_FLAGS={amx_off}", f"-DCMAKE_CXX_FLAGS={amx_off}"]
+
+
 def cmake_args() -> list[str]:
     native = os.environ.get("OLLAMA_PY_NATIVE", "1") not in {"0", "false", "off", "no"}
     return [
@@ -220,6 +234,7 @@ def cmake_args() -> list[str]:
         # system libstdc++ and crash llama.cpp's static initialisers at load.
         "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL",
         f"-DGGML_NATIVE={'ON' if native else 'OFF'}",
+        *(native_cpu_flags() if native else []),
         *cuda_flags(),
     ]
 
