@@ -68,6 +68,18 @@ def _proportions(raw: str) -> tuple[float, ...]:
     return values
 
 
+_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(raw: str) -> float:
+    """Seconds, or a Go duration of one unit as Ollama's variables take it ("90s", "5m", "1h")."""
+    unit = next((u for u in ("ms", "s", "m", "h") if raw.endswith(u)), "")
+    value = float(raw[:len(raw) - len(unit)] if unit else raw)
+    if value <= 0:
+        raise ValueError("expected a positive duration")
+    return value * _SECONDS.get(unit, 1.0)
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -102,7 +114,9 @@ class Settings:
     hf_token: str = field(default="", repr=False)  # secret: never in a log line
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
-    rpc_timeout: int = 300
+    runner_timeout: int = 300
+    load_timeout: float = 300.0
+    runner_memory: int = 0
 
 
 # field -> (environment variable, parser, description)
@@ -147,9 +161,14 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "tensor_split": ("OLLAMA_PY_TENSOR_SPLIT", _proportions,
                      "share of the layers per device, e.g. 3,1: the RPC workers in OLLAMA_RPC_SERVERS order, "
                      "then local GPUs; default: by free memory"),
-    "rpc_timeout": ("OLLAMA_PY_RPC_TIMEOUT", _int,
-                    "seconds a generation step on RPC workers may take before their runner process is stopped "
-                    "(a worker cut off without a reset would hold its requests forever)"),
+    "runner_timeout": ("OLLAMA_PY_RUNNER_TIMEOUT", _int,
+                       "seconds a runner process with work may send nothing (a generation step, a template being "
+                       "rendered, an RPC worker cut off without a reset) before it is stopped"),
+    "load_timeout": ("OLLAMA_LOAD_TIMEOUT", _duration,
+                     "how long a model may take to load before its runner process is stopped (seconds or 5m)"),
+    "runner_memory": ("OLLAMA_PY_RUNNER_MEMORY", _int,
+                      "resident memory in bytes past which a runner process is stopped; 0: twice the model's "
+                      "planned host memory plus 1 GiB"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from ollama_py.cluster.probe import WorkerUnavailable
+from tests.server_harness import GUARD, Environment
 
 # The commands as a user runs them (`ollama-py ...`), from this interpreter.
 CLI = [sys.executable, "-m", "ollama_py.cli.main"]
@@ -35,6 +36,9 @@ SERVE = [*CLI, "serve"]
 NGINX_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "ollama-py.conf"
 # SmolLM2 answers this, greedily, for hundreds of tokens: long enough to act while it streams.
 STORY = [{"role": "user", "content": "Write a long story about a dragon, at least 500 words."}]
+# The timeout of one look at a starting worker or server (`hello`, GET /health): a look that times out is
+# taken again, until wait_until's guard; short enough to retry, long enough for a busy machine to answer.
+PROBE = 10.0
 
 
 def worker_argv(host: str, port: int) -> list[str]:
@@ -42,10 +46,10 @@ def worker_argv(host: str, port: int) -> list[str]:
     return [*WORKER, "--host", host, "--port", str(port), "--device", "CPU", "--threads", "1"]
 
 
-def server_env(address: str, store: Path, cache: Path, **variables: str) -> dict[str, str]:
+def server_env(address: str, store: Path, cache: Path, **variables: str) -> Environment:
     """The environment of a `serve` on `address` over this store; `variables` add settings (OLLAMA_...)."""
-    return {**os.environ, "OLLAMA_HOST": address, "OLLAMA_MODELS": str(store), "OLLAMA_PY_CACHE": str(cache),
-            "OLLAMA_NOPRUNE": "1", **variables}
+    return Environment({**os.environ, "OLLAMA_HOST": address, "OLLAMA_MODELS": str(store),
+                        "OLLAMA_PY_CACHE": str(cache), "OLLAMA_NOPRUNE": "1", **variables})
 
 
 def nginx_config(directory: Path, replicas: Sequence[str], port: int) -> Path:
@@ -80,9 +84,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], object], what: str, proc: subprocess.Popen[bytes], attempts: int = 600) -> None:
-    """Polls `check()` until it stops raising; fails at once, with its output, if the process exits."""
-    for _ in range(attempts):
+def wait_until(check: Callable[[], object], what: str, proc: subprocess.Popen[bytes], guard: float = GUARD) -> None:
+    """Polls `check()` until it stops raising; fails at once, with its output, if the process exits, and
+    after `guard` seconds if it never answers."""
+    deadline = time.monotonic() + guard
+    while True:
         try:
             check()
             return
@@ -90,8 +96,9 @@ def wait_until(check: Callable[[], object], what: str, proc: subprocess.Popen[by
             if proc.poll() is not None:
                 out = proc.stdout.read() if proc.stdout else b""
                 pytest.fail(f"{what} exited with {proc.returncode}:\n{out.decode(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not come up in {guard:g}s")
             time.sleep(0.1)
-    pytest.fail(f"{what} did not come up")
 
 
 def stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +25,33 @@ from ollama_py.store import create
 from ollama_py.store.manifests import Store
 
 MODEL = "smollm2:135m"
+# How long anything a test waits for may take: CI runs on two shared, often busy cores. A test fails when
+# the thing never happens; it never times how fast it happens (bench/ measures speed).
+GUARD = 300.0
+# Settings that may hold a secret, by name: never shown in failure output.
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
+
+
+def wait_for(condition: Callable[[], object], what: str, guard: float = GUARD) -> None:
+    """Polls `condition` until it is true; fails, naming `what`, if it still is not after `guard` seconds."""
+    deadline = time.monotonic() + guard
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still not so after {guard:g}s")
+        time.sleep(0.1)
+
+
+class Environment(dict[str, str]):
+    """A process environment whose repr shows only the non-secret OLLAMA* settings a test chose.
+
+    A failing assertion prints the values it involves, a Server's or a call's
+    environment among them, and the test process inherits the CI's tokens.
+    """
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.items() if k.startswith("OLLAMA") and not _SECRET.search(k)}
+        hidden = len(self) - len(shown)
+        return f"Environment({shown!r} and {hidden} more, not shown)"
 
 
 def server_settings(store_root: Path, cache: Path, **changes: object) -> Settings:
@@ -74,13 +103,14 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(base_url=self.url, timeout=GUARD, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(60)
+            # Unloading finishes the runners' work: slow on a busy machine, and an error here fails the test.
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(GUARD)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(60)
+        self._thread.join(GUARD)
         self.loop.close()
 
 

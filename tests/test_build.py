@@ -42,5 +42,7 @@ def test_second_build_reuses_the_cache(capsys: pytest.CaptureFixture[str], monke
 
 
 def test_rpc_server_binary_runs() -> None:
-    result = subprocess.run([str(LIB_DIR / "ggml-rpc-server"), "--help"], capture_output=True, text=True, timeout=30)
+    # The timeout is a guard against a hang on a busy machine, not a speed check.
+    result = subprocess.run([str(LIB_DIR / "ggml-rpc-server"), "--help"], capture_output=True, text=True,
+                            timeout=300)
     assert "port" in (result.stdout + result.stderr).lower()

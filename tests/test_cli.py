@@ -16,18 +16,23 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ollama_py import settings
+from ollama_py.cli import format as fmt
 from ollama_py.cli.client import BaseURL, Client
+from tests.server_harness import GUARD, Environment
 from tests.test_registry_harness import running_registry
 
 CLI = [sys.executable, "-m", "ollama_py.cli.main"]
 # A generous guard for a loaded 2-core machine; a test fails if the server never answers, it never times speed.
-START_GUARD = 300.0
+START_GUARD = GUARD
+# A relative time as the CLI words it: `ls` MODIFIED, `ps` UNTIL.
+AGE = r"(Less than a second|1 second|\d+ seconds|About a minute|\d+ minutes|About an hour|\d+ hours)"
 
 
 def free_port() -> int:
@@ -36,9 +41,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli_env(tmp: Path, port: int) -> dict[str, str]:
+def cli_env(tmp: Path, port: int) -> Environment:
     """The environment of a user whose server is at `port` and whose store is under `tmp`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")}
+    env = Environment({k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")})
     env.update(OLLAMA_HOST=f"127.0.0.1:{port}", OLLAMA_MODELS=str(tmp / "models"),
                OLLAMA_PY_CACHE=str(settings.load().cache), OLLAMA_NOHISTORY="1", OLLAMA_NUM_PARALLEL="1",
                OLLAMA_CONTEXT_LENGTH="2048")
@@ -58,7 +63,7 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool =
 
 @dataclass
 class Server:
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)  # the test process's own, CI tokens and all: kept out of failure output
     process: subprocess.Popen[bytes]
     log: Path
 
@@ -176,7 +181,9 @@ PARAMETER num_predict 16
 
 
 def test_run_format_json_and_think_flags(server: Server, model_path: Path, tmp_path: Path) -> None:
-    (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nPARAMETER temperature 0\nPARAMETER num_predict 48\n")
+    # A penalty on repeats keeps the greedy object from listing a key twice and running past num_predict.
+    (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nPARAMETER temperature 0\nPARAMETER num_predict 48\n"
+                                        "PARAMETER repeat_penalty 1.1\n")
     cli(server.env, "create", "jsonish", "-f", str(tmp_path / "Modelfile"))
     answer = cli(server.env, "run", "jsonish", "--format", "json", "Describe Bob, 30, as a JSON object.").stdout
     assert isinstance(json.loads(answer), dict)
@@ -193,11 +200,36 @@ def test_run_reads_the_prompt_from_stdin(server: Server, captain: str) -> None:
     assert piped.stdout == cli(server.env, "run", captain, "What is your ship called?").stdout
 
 
+def stored(env: dict[str, str], route: str, name: str, key: str) -> datetime:
+    """A time the server reports for a model (`modified_at` in /api/tags, `expires_at` in /api/ps)."""
+    models = Client(BaseURL.parse(env["OLLAMA_HOST"])).call("GET", route)["models"]
+    when = fmt.parse_time(next(m for m in models if m["name"] == name)[key])
+    assert when is not None
+    return when
+
+
+def worded(when: datetime, before: datetime, after: datetime) -> set[str]:
+    """Each way the CLI may word `when` if it looked at the clock between `before` and `after`.
+
+    The wording changes only on whole seconds, so a look each second, and one at `after`, sees them all.
+    """
+    moments = [before + timedelta(seconds=s) for s in range(int((after - before).total_seconds()) + 1)]
+    return {fmt.human_time(when, "Never", now) for now in [*moments, after]}
+
+
 def test_list_copy_remove(server: Server, captain: str) -> None:
+    before = datetime.now(UTC)
     listed = cli(server.env, "list").stdout.splitlines()
+    after = datetime.now(UTC)
     assert listed[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
     row = next(line for line in listed if line.startswith("captain:latest"))
-    assert re.search(r"captain:latest\s+[0-9a-f]{12}\s+\d+ MB\s+(Less than a second|\d+ seconds) ago", row)
+    # The age depends on how long ago the module's fixture created the model: any age, worded as Ollama does
+    # and true to the time the server stored.
+    shown = re.fullmatch(rf"captain:latest\s+[0-9a-f]{{12}}\s+\d+ MB\s+({AGE} ago)\s*", row)
+    assert shown, row
+    modified = stored(server.env, "/api/tags", "captain:latest", "modified_at")
+    assert modified <= after
+    assert shown.group(1) in worded(modified, before, after)
 
     assert cli(server.env, "cp", captain, "haddock").stdout == "copied 'captain' to 'haddock'\n"
     names = [line.split()[0] for line in cli(server.env, "ls").stdout.splitlines()[1:]]
@@ -212,11 +244,21 @@ def test_list_copy_remove(server: Server, captain: str) -> None:
 
 
 def test_ps_lists_the_loaded_model_until_stopped(server: Server, captain: str) -> None:
+    started = datetime.now(UTC)
     cli(server.env, "run", captain, "--keepalive", "10m", "Hello")
+    before = datetime.now(UTC)
     lines = cli(server.env, "ps").stdout.splitlines()
+    after = datetime.now(UTC)
     assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     row = next(line for line in lines if line.startswith("captain:latest"))
-    assert re.search(r"(100% CPU|100% GPU|\d+%/\d+% CPU/GPU)\s+1024\s+(9|10) minutes from now", row)
+    shown = re.search(rf"(100% CPU|100% GPU|\d+%/\d+% CPU/GPU)\s+1024\s+({AGE} from now)\s*$", row)
+    assert shown, row
+    # --keepalive 10m counts from the end of the answer, which came between `started` and `before`; a busy
+    # machine may take any time over the run and the ps, so the words are checked against the stored time.
+    expires = stored(server.env, "/api/ps", "captain:latest", "expires_at")
+    keep, slack = timedelta(minutes=10), timedelta(seconds=1)  # slack: the clocks' rounding, not the machine's speed
+    assert started + keep - slack <= expires <= before + keep + slack
+    assert shown.group(2) in worded(expires, before, after)
 
     cli(server.env, "stop", captain)
     assert not any(line.startswith("captain:latest") for line in cli(server.env, "ps").stdout.splitlines())
@@ -279,7 +321,7 @@ def test_api_key_from_ollama_api_key(tmp_path: Path) -> None:
         refused = cli(server.env, "list", check=False)
         assert refused.returncode == 1
         assert "API key" in refused.stderr and "OLLAMA_API_KEY" in refused.stderr
-        listed = cli({**server.env, "OLLAMA_API_KEY": "sesame"}, "list")
+        listed = cli(Environment(server.env, OLLAMA_API_KEY="sesame"), "list")
         assert listed.stdout.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
 
 

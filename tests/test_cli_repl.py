@@ -79,15 +79,12 @@ class Terminal:
             if time.monotonic() > deadline or not self._read(0.2):
                 raise AssertionError(f"never saw {pattern!r}; the terminal shows:\n{self.screen[-3000:]}")
 
-    def since(self) -> str:
-        """What appeared after the last match, once output has settled for a moment."""
-        while self._read(0.5) and select.select([self.fd], [], [], 0.5)[0]:
-            pass
-        return self.screen[self._seen:]
-
     def wait(self) -> int:
+        """The exit status, once the program has closed the terminal; fails if it never does."""
+        deadline = time.monotonic() + START_GUARD
         while self._read(0.2):
-            pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the program never exited; the terminal shows:\n{self.screen[-3000:]}")
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status)
 

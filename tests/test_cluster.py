@@ -18,8 +18,8 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.cluster.probe import hello
-from tests.cluster_harness import CLI, SERVE, STORY, Lan, lan, server_env, stop, wait_until, worker_argv
-from tests.server_harness import MODEL, default_store
+from tests.cluster_harness import CLI, PROBE, SERVE, STORY, Lan, lan, server_env, stop, wait_until, worker_argv
+from tests.server_harness import GUARD, MODEL, Environment, default_store
 
 WORKER_PORT = 50052
 SERVER_PORT = 11434
@@ -38,7 +38,7 @@ class Cluster:
         return f"{self.net.address(member)}:{WORKER_PORT}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=300)
+        return httpx.Client(base_url=self.url, timeout=GUARD)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 procs.append(workers[member])
             for member, proc in workers.items():
-                wait_until(lambda m=member: hello(f"{net.address(m)}:{WORKER_PORT}", timeout=1),  # type: ignore[misc]
+                wait_until(lambda m=member: hello(f"{net.address(m)}:{WORKER_PORT}", timeout=PROBE),  # type: ignore[misc]
                            f"worker {member}", proc)
             env = server_env(f"{net.address('server')}:{SERVER_PORT}", root, cache,
                              OLLAMA_PY_ALLOW_UNAUTHENTICATED="1", OLLAMA_NUM_PARALLEL="2",
@@ -65,7 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             procs.append(server)
             url = f"http://{net.address('server')}:{SERVER_PORT}"
-            wait_until(lambda: httpx.get(f"{url}/health", timeout=1).raise_for_status(), "server", server)
+            wait_until(lambda: httpx.get(f"{url}/health", timeout=PROBE).raise_for_status(), "server", server)
             yield Cluster(net=net, workers=workers, server=server, url=url)
         finally:
             stop(procs)
@@ -96,8 +96,8 @@ def test_split_model_generates_what_the_local_model_does(cluster: Cluster) -> No
         placement = client.get("/api/ps").json()["models"][0]["placement"]
         split_vector = embed(client, {})
         metrics = client.get("/metrics").text
-        listing = subprocess.run([*CLI, "ps"], env={**os.environ, "OLLAMA_HOST": cluster.url}, capture_output=True,
-                                 text=True, timeout=120).stdout
+        listing = subprocess.run([*CLI, "ps"], env=Environment(os.environ, OLLAMA_HOST=cluster.url),
+                                 capture_output=True, text=True, timeout=GUARD).stdout
         local = generate(client, RAW_PROMPT, LOCAL)
         local_placement = client.get("/api/ps").json()["models"][0]["placement"]
         local_vector = embed(client, LOCAL)
@@ -130,7 +130,7 @@ def test_a_worker_dying_mid_answer_ends_that_answer_with_a_clear_error(cluster: 
                     victim.kill()
         last = lines[-1]
         assert "error" in last, last
-        assert "RPC runner process stopped" in last["error"]
+        assert "the runner process stopped (killed by SIGABRT)" in last["error"]
         assert f"RPC worker {cluster.endpoint('w2')} is unreachable" in last["error"]
         assert not any(chunk.get("done") for chunk in lines)
 

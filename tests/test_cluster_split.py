@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 
-from ollama_py.cluster.placement import Placement
 from ollama_py.cluster.probe import WorkerUnavailable, hello
+from ollama_py.engine.backend import LoadSpec
+from ollama_py.engine.chat import ChatDelta, ChatRequest
+from ollama_py.engine.placement import Placement
 from ollama_py.engine.runner import RunnerOptions
-from ollama_py.engine.scheduler import LoadSpec, Scheduler
-from ollama_py.engine.types import EngineError, GenerationRequest, Sampling, Token
+from ollama_py.engine.scheduler import Scheduler
+from ollama_py.engine.types import EngineError, Sampling
+from ollama_py.engine.wire import ChatJob, Completion
+from ollama_py.server.app import runner_backend
 from ollama_py.settings import Settings
-from tests.cluster_harness import free_port, stop, wait_until, worker_argv
+from tests.cluster_harness import PROBE, free_port, stop, wait_until, worker_argv
+from tests.server_harness import GUARD
 
 PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
 BASE = Settings(num_parallel=1, context_length=512)
@@ -31,7 +38,7 @@ def worker_procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
              for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
-            wait_until(lambda p=port: hello(f"127.0.0.1:{p}", timeout=1), "worker", proc)  # type: ignore[misc]
+            wait_until(lambda p=port: hello(f"127.0.0.1:{p}", timeout=PROBE), "worker", proc)  # type: ignore[misc]
         yield {f"127.0.0.1:{port}": proc for port, proc in zip(ports, procs, strict=True)}
     finally:
         stop(procs)
@@ -43,23 +50,32 @@ def workers(worker_procs: dict[str, subprocess.Popen[bytes]]) -> tuple[str, str]
     return first, second
 
 
+def scheduler_for(settings: Settings) -> Scheduler:
+    """A scheduler on the runner backend the server would give its engine for these settings."""
+    return Scheduler(settings, runner_backend(settings))
+
+
 def spec(path: Path, num_gpu: int = -1) -> LoadSpec:
     return LoadSpec(path=path, runner=RunnerOptions(num_ctx=512, num_parallel=1, num_thread=1), num_gpu=num_gpu)
 
 
-async def answer(scheduler: Scheduler, name: str, load: LoadSpec) -> tuple[list[int], tuple[Placement, ...]]:
+def job(name: str, num_predict: int) -> ChatJob:
+    """PROMPT as it is (raw), answered greedily."""
+    return ChatJob(chat=ChatRequest(id=name, messages=(), sampling=Sampling(temperature=0, num_predict=num_predict)),
+                   completion=Completion(prompt=PROMPT, raw=True))
+
+
+async def answer(scheduler: Scheduler, name: str, load: LoadSpec) -> tuple[str, tuple[Placement, ...]]:
     async with scheduler.acquire(name, load) as lease:
-        prompt = tuple(lease.loaded.model.vocab.tokenize(PROMPT, parse_special=True))
-        request = GenerationRequest(id=name, prompt=prompt, sampling=Sampling(temperature=0, num_predict=16))
-        async with aclosing(lease.loaded.runner.submit(request)) as events:  # type: ignore[type-var]
-            out = [e.token async for e in events if isinstance(e, Token)]
+        async with aclosing(lease.loaded.runner.chat(job(name, 16))) as events:  # type: ignore[type-var]
+            out = "".join([e.content async for e in events if isinstance(e, ChatDelta)])
         return out, lease.loaded.placement
 
 
 def test_layers_split_between_this_cpu_and_two_workers_as_told(workers: tuple[str, str], model_path: Path) -> None:
-    async def run() -> tuple[list[int], tuple[Placement, ...], list[int]]:
-        split = Scheduler(dataclasses.replace(BASE, rpc_servers=workers, tensor_split=(1.0, 3.0)))
-        local = Scheduler(BASE)
+    async def run() -> tuple[str, tuple[Placement, ...], str]:
+        split = scheduler_for(dataclasses.replace(BASE, rpc_servers=workers, tensor_split=(1.0, 3.0)))
+        local = scheduler_for(BASE)
         try:
             # 20 of the 31 layers leave this machine: a quarter to the first worker, the rest to the second.
             tokens, placement = await answer(split, "m", spec(model_path, num_gpu=20))
@@ -79,8 +95,8 @@ def test_layers_split_between_this_cpu_and_two_workers_as_told(workers: tuple[st
 def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(workers: tuple[str, str],
                                                                            model_path: Path) -> None:
     """A worker serves one client at a time: two models in two processes would wait on each other forever."""
-    async def run() -> list[list[int]]:
-        scheduler = Scheduler(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
+    async def run() -> list[str]:
+        scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
         try:
             results = await asyncio.gather(answer(scheduler, "a", spec(model_path)),
                                            answer(scheduler, "b", spec(model_path)))
@@ -94,7 +110,7 @@ def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(work
     first, second = asyncio.run(run())
     assert first == second and first
     for endpoint in workers:  # the runner process left with the last model: another server may use them now
-        hello(endpoint)
+        hello(endpoint, timeout=GUARD)
 
 
 def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_timeout(
@@ -103,14 +119,28 @@ def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_time
     endpoints = tuple(worker_procs)
     frozen = worker_procs[endpoints[1]]
 
-    async def run() -> tuple[str, list[int]]:
-        scheduler = Scheduler(dataclasses.replace(BASE, rpc_servers=endpoints, rpc_timeout=3))
+    async def healthy_answer_time() -> float:
+        """Seconds a whole healthy answer takes on this machine now, under the default timeout."""
+        scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=endpoints))
+        try:
+            async with scheduler.acquire("m", spec(model_path)):  # loaded first: a load is not a step
+                pass
+            started = time.monotonic()
+            await answer(scheduler, "m", spec(model_path))
+            return time.monotonic() - started
+        finally:
+            await scheduler.close()
+
+    # The timeout also bounds every healthy step, so it comes from a baseline measured here: a whole answer
+    # (prompt and 16 tokens) takes longer than any one of its steps, times a generous factor, with a floor.
+    timeout = max(10, math.ceil(5 * asyncio.run(healthy_answer_time())))
+
+    async def run() -> tuple[str, str]:
+        scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=endpoints, runner_timeout=timeout))
         try:
             async with scheduler.acquire("m", spec(model_path)) as lease:
-                prompt = tuple(lease.loaded.model.vocab.tokenize(PROMPT, parse_special=True))
-                request = GenerationRequest(id="r", prompt=prompt, sampling=Sampling(temperature=0, num_predict=400))
                 with pytest.raises(EngineError) as failure:
-                    async with aclosing(lease.loaded.runner.submit(request)) as events:  # type: ignore[type-var]
+                    async with aclosing(lease.loaded.runner.chat(job("r", 400))) as events:  # type: ignore[type-var]
                         async for _ in events:
                             frozen.send_signal(signal.SIGSTOP)
             frozen.send_signal(signal.SIGCONT)
@@ -121,6 +151,6 @@ def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_time
         return str(failure.value), tokens
 
     message, tokens = asyncio.run(run())
-    assert "no step finished in 3s (OLLAMA_PY_RPC_TIMEOUT)" in message
+    assert f"sent nothing for {timeout}s while it had work (OLLAMA_PY_RUNNER_TIMEOUT)" in message
     assert f"RPC worker {endpoints[1]} accepted the connection but did not answer" in message
     assert tokens

@@ -12,7 +12,7 @@ import pytest
 
 from ollama_py import settings
 from tests.cluster_harness import STORY
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import GUARD, MODEL, LiveServer, default_store, live_server, server_settings, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +30,19 @@ def gauge(metrics: str, name: str) -> float:
 
 
 def test_metrics_show_the_queue_the_slots_the_kv_cache_and_the_throughput(server: LiveServer) -> None:
-    story = {"model": MODEL, "messages": STORY, "options": {"temperature": 0, "num_predict": 200}}
+    # Long enough to still be generating however late the second request arrives; closing the stream ends it.
+    story = {"model": MODEL, "messages": STORY, "options": {"temperature": 0, "num_predict": 900}}
     with server.client() as client:
         with client.stream("POST", "/api/chat", json=story) as first:
             lines = first.iter_lines()  # kept: a dropped iterator would close the stream
             next(lines)
             # One slot, and it is busy: a second conversation waits in the queue.
-            second = threading.Thread(target=lambda: httpx.post(f"{server.url}/api/chat", timeout=300, json={
+            second = threading.Thread(target=lambda: httpx.post(f"{server.url}/api/chat", timeout=GUARD, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 4}}))
             second.start()
-            for _ in range(600):
-                metrics = client.get("/metrics").text
-                if gauge(metrics, "num_requests_waiting") >= 1:
-                    break
-                threading.Event().wait(0.05)
+            wait_for(lambda: gauge(client.get("/metrics").text, "num_requests_waiting") >= 1,
+                     "the second conversation never shows as waiting")
+            metrics = client.get("/metrics").text
             assert gauge(metrics, "num_requests_waiting") == 1
             assert gauge(metrics, "slots_busy") == 1 and gauge(metrics, "slots_total") == 1
             assert 0 < gauge(metrics, "kv_cache_usage_perc") < 1

@@ -22,8 +22,9 @@ import orjson
 import pytest
 
 from ollama_py import settings
-from tests.cluster_harness import SERVE, STORY, free_port, nginx_binary, nginx_config, server_env, stop, wait_until
-from tests.server_harness import MODEL, default_store
+from tests.cluster_harness import (PROBE, SERVE, STORY, free_port, nginx_binary, nginx_config, server_env, stop,
+                                   wait_until)
+from tests.server_harness import GUARD, MODEL, default_store
 
 SESSIONS = 60
 SHORT = {"num_predict": 4, "num_thread": 1}  # light answers: three replicas share this machine's cores
@@ -41,19 +42,19 @@ class Proxy:
     def entries(self, start: int, sessions: Iterable[str], count: int) -> list[dict[str, str]]:
         """The log lines after `start` of these sessions, once there are `count` (nginx logs as it finishes)."""
         wanted = set(sessions)
-        for _ in range(600):
-            found = [e for e in self.log()[start:] if e["session"] in wanted]
-            if len(found) >= count:
-                return found
+        deadline = time.monotonic() + GUARD
+        while len(found := [e for e in self.log()[start:] if e["session"] in wanted]) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{count} log lines expected, {len(found)} found")
             time.sleep(0.1)
-        pytest.fail(f"{count} log lines expected, {len(found)} found")
+        return found
 
     def busy_slots(self) -> int:
         """Sequences generating now, over the live replicas (asked directly, not through nginx)."""
         busy = 0
         for address, proc in self.replicas.items():
             if proc.poll() is None:
-                metrics = httpx.get(f"http://{address}/metrics", timeout=30).text
+                metrics = httpx.get(f"http://{address}/metrics", timeout=GUARD).text
                 busy += sum(int(float(m)) for m in re.findall(r"^ollama_py_slots_busy\{[^}]*\} (\S+)$", metrics, re.M))
         return busy
 
@@ -78,7 +79,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             replicas[address] = subprocess.Popen(SERVE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             procs.append(replicas[address])
         for address, proc in replicas.items():
-            wait_until(lambda a=address: httpx.get(f"http://{a}/health", timeout=1).raise_for_status(),  # type: ignore[misc]
+            wait_until(lambda a=address: httpx.get(f"http://{a}/health", timeout=PROBE).raise_for_status(),  # type: ignore[misc]
                        f"replica {address}", proc)
         directory = tmp_path_factory.mktemp("nginx")
         port = free_port()
@@ -87,7 +88,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
                                   stderr=subprocess.STDOUT)
         procs.append(server)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/health", timeout=1).raise_for_status(), "nginx", server)
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=PROBE).raise_for_status(), "nginx", server)
         yield Proxy(url=url, replicas=replicas, access_log=directory / "access.log")
     finally:
         stop(procs)

@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from ollama_py.engine.backend import LoadSpec
+from ollama_py.engine.chat import ChatDone, ChatRequest
 from ollama_py.engine.runner import RunnerOptions
-from ollama_py.engine.scheduler import Busy, LoadSpec, Scheduler, parse_keep_alive
-from ollama_py.engine.types import Done, GenerationRequest, Sampling
+from ollama_py.engine.scheduler import Busy, Scheduler, parse_keep_alive
+from ollama_py.engine.supervisor import ProcessBackend
+from ollama_py.engine.types import Sampling
+from ollama_py.engine.wire import ChatJob
 from ollama_py.settings import Settings
 
 SMALL = RunnerOptions(num_ctx=256, num_parallel=1, num_batch=64)
 
 
 def make(max_loaded: int = 2, max_queue: int = 8) -> Scheduler:
-    return Scheduler(Settings(max_loaded_models=max_loaded, max_queue=max_queue, keep_alive="5m"))
+    settings = Settings(max_loaded_models=max_loaded, max_queue=max_queue, keep_alive="5m")
+    return Scheduler(settings, ProcessBackend(settings))
 
 
 def names(scheduler: Scheduler) -> set[str]:
@@ -44,11 +49,14 @@ async def test_two_models_side_by_side_then_keep_alive_zero_unloads(model_path: 
         async with scheduler.acquire("a", spec) as a, scheduler.acquire("b", spec) as b:
             assert names(scheduler) == {"a", "b"}
             assert a.load_duration > 0 and a.loaded is not b.loaded
-            prompt = tuple(a.loaded.model.vocab.tokenize("Hello"))
-            request = GenerationRequest(id="x", prompt=prompt, sampling=Sampling(temperature=0, num_predict=3))
-            async with contextlib.aclosing(b.loaded.runner.submit(request)) as events:
-                done = [e async for e in events if isinstance(e, Done)]
-            assert done[0].eval_count == 3
+            assert a.loaded.runner.pid != b.loaded.runner.pid  # each model in a runner process of its own
+            assert await a.loaded.runner.tokenize("Hello", add_special=False) == \
+                await b.loaded.runner.tokenize("Hello", add_special=False)
+            job = ChatJob(chat=ChatRequest(id="x", messages=({"role": "user", "content": "Hello"},),
+                                           sampling=Sampling(temperature=0, num_predict=3)))
+            async with contextlib.aclosing(b.loaded.runner.chat(job)) as events:
+                done = [e async for e in events if isinstance(e, ChatDone)]
+            assert done[0].done.eval_count == 3
         assert names(scheduler) == {"a", "b"}  # kept for the default keep_alive
         async with scheduler.acquire("a", spec, keep_alive=0) as again:
             assert again.load_duration == 0  # already loaded
@@ -120,8 +128,7 @@ async def test_embeddings_through_a_lease(model_path: Path) -> None:
     scheduler = make()
     try:
         async with scheduler.acquire("e", LoadSpec(path=model_path, runner=SMALL)) as lease:
-            embedder = await lease.loaded.get_embedder()
-            result = await asyncio.to_thread(embedder.embed, ["hello", "world"])
+            result = await lease.loaded.runner.embed(["hello", "world"])
         assert len(result.embeddings) == 2
     finally:
         await scheduler.close()

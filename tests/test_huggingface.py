@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ollama_py.settings import Settings
-from ollama_py.store import gguf, huggingface, names, registry
+from ollama_py.store import gguf, huggingface, names
 from ollama_py.store.create import CHATML_STOP, CHATML_TEMPLATE, ProgressUpdate
 from ollama_py.store.default_model import SMOLLM2_135M
 from ollama_py.store.huggingface import RepoFile, choose
@@ -161,9 +161,9 @@ def test_pull_creates_the_model_from_the_gguf_and_it_answers(repo_files: dict[st
     try:
         s = hub_settings(empty, hub)
         updates: list[ProgressUpdate] = []
-        name = registry.pull(store, names.parse(f"hf.co/{REPO}"), settings=s, progress=updates.append)
+        name = huggingface.pull(store, names.parse(f"hf.co/{REPO}"), settings=s, progress=updates.append)
         downloaded = hub.cdn_bytes
-        again = registry.pull(store, names.parse(f"hf.co/{REPO}:q4_1"), settings=s)
+        again = huggingface.pull(store, names.parse(f"hf.co/{REPO}:q4_1"), settings=s)
     finally:
         hub.close()
     digest = "sha256:" + SMOLLM2_135M.gguf_sha256
@@ -188,9 +188,9 @@ def test_quantisation_not_in_the_repository_is_404_naming_those_that_are(repo_fi
     hub = Hub({REPO: repo_files})
     try:
         with pytest.raises(RegistryError) as err:
-            registry.pull(store, names.parse(f"hf.co/{REPO}:IQ2_XXS"), settings=hub_settings(empty, hub))
+            huggingface.pull(store, names.parse(f"hf.co/{REPO}:IQ2_XXS"), settings=hub_settings(empty, hub))
         with pytest.raises(RegistryError) as missing:
-            registry.pull(store, names.parse("hf.co/nobody/nothing"), settings=hub_settings(empty, hub))
+            huggingface.pull(store, names.parse("hf.co/nobody/nothing"), settings=hub_settings(empty, hub))
     finally:
         hub.close()
     assert err.value.status == 404
@@ -206,8 +206,8 @@ def test_gated_repository_needs_the_token_which_never_reaches_the_cdn(
     hub = Hub({REPO: repo_files}, token=TOKEN)
     try:
         with pytest.raises(RegistryError) as err:
-            registry.pull(store, names.parse(f"hf.co/{REPO}"), settings=hub_settings(empty, hub))
-        registry.pull(store, names.parse(f"hf.co/{REPO}"), settings=hub_settings(empty, hub, TOKEN))
+            huggingface.pull(store, names.parse(f"hf.co/{REPO}"), settings=hub_settings(empty, hub))
+        huggingface.pull(store, names.parse(f"hf.co/{REPO}"), settings=hub_settings(empty, hub, TOKEN))
     finally:
         hub.close()
     assert err.value.status == 401 and "set HF_TOKEN" in str(err.value)
@@ -254,7 +254,7 @@ def test_split_gguf_is_merged_into_one_model_with_the_same_weights(tmp_path: Pat
     store, _ = empty
     hub = Hub({repo: {f"Q4_1/{p.name}": p for p in parts}})
     try:
-        name = registry.pull(store, names.parse(f"hf.co/{repo}:Q4_1"), settings=hub_settings(empty, hub))
+        name = huggingface.pull(store, names.parse(f"hf.co/{repo}:Q4_1"), settings=hub_settings(empty, hub))
     finally:
         hub.close()
     manifest = store.read(name)

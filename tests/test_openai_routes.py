@@ -129,10 +129,14 @@ def test_a_tool_result_goes_back_into_the_conversation(client: openai.OpenAI) ->
     assert completion.choices[0].message.content and not completion.choices[0].message.tool_calls
 
 
-def test_tools_on_a_model_without_them_are_refused(client: openai.OpenAI) -> None:
+def test_tools_on_a_model_without_them_are_refused(server: LiveServer, client: openai.OpenAI) -> None:
+    plain = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    created = httpx.post(f"{server.url}/api/create", timeout=120,
+                         json={"model": "no-tools", "from": MODEL, "template": plain, "stream": False})
+    assert created.json() == {"status": "success"}
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL, messages=HELLO, tools=[WEATHER_TOOL])
-    assert "does not support tools" in str(info.value)
+        client.chat.completions.create(model="no-tools", messages=HELLO, tools=[WEATHER_TOOL])
+    assert info.value.body["message"] == "no-tools does not support tools"  # type: ignore[index]
 
 
 def test_response_format_json_schema(client: openai.OpenAI) -> None:
@@ -227,7 +231,7 @@ def test_stop_strings_end_the_answer(client: openai.OpenAI) -> None:
 
 def test_images_need_a_vision_model_and_a_data_uri(client: openai.OpenAI) -> None:
     pixel = "data:image/png;base64,iVBORw0KGgo="
-    for url, message in ((pixel, "does not support images"), ("https://example.com/cat.png", "data: URI")):
+    for url, message in ((pixel, f"{MODEL} does not support vision"), ("https://example.com/cat.png", "data: URI")):
         content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 USER, PASSWORD = "alice", "s3cret-Pa55word"
+# How long the registry may take to start or stop on a busy machine: a guard against a hang, not a speed check.
+GUARD = 300.0
 
 
 def free_port() -> int:
@@ -32,16 +34,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_up(url: str) -> None:
-    """Polls until the server answers; startup takes a moment, and a server that never starts fails here."""
-    for _ in range(200):
+def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    """Polls until the server answers; startup takes a moment, and a server that exits or never starts fails here."""
+    deadline = time.monotonic() + GUARD
+    while True:
         with contextlib.suppress(OSError):
-            conn = http.client.HTTPConnection(url, timeout=2)
+            conn = http.client.HTTPConnection(url, timeout=10)
             conn.request("GET", "/v2/")
             if conn.getresponse().status in (200, 401):
                 return
+        exited = process is not None and process.poll() is not None
+        if exited or time.monotonic() > deadline:
+            output = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"{url} {'exited' if exited else f'did not start in {GUARD:g}s'}:\n{output}")
         time.sleep(0.05)
-    raise AssertionError(f"{url} did not start")
 
 
 class RegistryProcess:
@@ -68,7 +74,7 @@ class RegistryProcess:
         self.log = root / "registry.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT)
-        wait_until_up(self.host)
+        wait_until_up(self.host, self.process, self.log)
 
     def blob_file(self, digest: str) -> Path:
         """Where the registry keeps a blob's bytes (its filesystem driver's layout)."""
@@ -77,7 +83,11 @@ class RegistryProcess:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @contextlib.contextmanager
@@ -168,7 +178,7 @@ class Proxy:
             return
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else None
-        conn = http.client.HTTPConnection(self.upstream, timeout=60)
+        conn = http.client.HTTPConnection(self.upstream, timeout=GUARD)
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP and k.lower() != "authorization"}
         conn.request(h.command, h.path, body=body, headers=headers)
         resp = conn.getresponse()

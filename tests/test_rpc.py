@@ -18,6 +18,7 @@ from ollama_py.llama.lib import LIB_DIR, LlamaError
 from ollama_py.llama.model import Model, ModelOptions
 from ollama_py.llama.oneshot import generate_tokens
 from ollama_py.llama.sampler import SamplerChain, SamplerConfig
+from tests.server_harness import GUARD
 
 PROMPT = "<|im_start|>user\nList the planets.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -53,19 +54,26 @@ def worker() -> Iterator[str]:
     proc = subprocess.Popen([str(LIB_DIR / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-d", "CPU"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + GUARD
     try:
-        for _ in range(200):
+        while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
                 break
             except OSError:
                 if proc.poll() is not None:
                     pytest.fail("ggml-rpc-server exited at start")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ggml-rpc-server did not listen in {GUARD:g}s")
                 time.sleep(0.05)
         yield endpoint
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_unreachable_worker_is_an_error_not_an_abort() -> None:
@@ -77,7 +85,7 @@ def test_unreachable_worker_is_an_error_not_an_abort() -> None:
 
 def test_model_on_a_worker_generates_as_locally(worker: str, model_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", CHILD, worker, str(model_path), PROMPT],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert remote["devices"] and remote["devices"][0][1] == worker

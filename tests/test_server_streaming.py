@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from ollama_py import settings
-from ollama_py.engine.scheduler import Scheduler
+from ollama_py.engine.supervisor import ProcessBackend
+from ollama_py.engine.front import Engine
 from ollama_py.server import streaming
 from ollama_py.server.app import SHUTDOWN_TIMEOUT
 from ollama_py.server.errors import ApiError
@@ -30,7 +30,7 @@ from ollama_py.server.middleware import errors, observe
 from ollama_py.server.services import SERVICES, Services
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
-from tests.server_harness import MODEL, default_store, live_server, server_settings
+from tests.server_harness import GUARD, MODEL, default_store, live_server, server_settings, wait_for
 
 
 def failing_app(root: Path) -> web.Application:
@@ -54,10 +54,10 @@ def failing_app(root: Path) -> web.Application:
     async def early(request: web.Request) -> web.StreamResponse:
         return await streaming.ndjson(request, nothing())
 
-    scheduler = Scheduler(Settings())
-    metrics = Metrics(scheduler)
+    engine = Engine(Settings(), ProcessBackend(Settings()))
+    metrics = Metrics(engine)
     app = web.Application(middlewares=[observe(metrics), errors])
-    app[SERVICES] = Services(settings=Settings(), store=Store(root), scheduler=scheduler, metrics=metrics)
+    app[SERVICES] = Services(settings=Settings(), store=Store(root), engine=engine, metrics=metrics)
     app.router.add_post("/api/stream", ndjson)
     app.router.add_post("/v1/stream", sse)
     app.router.add_post("/api/early", early)
@@ -95,7 +95,7 @@ def free_port() -> int:
 
 
 def busy_slots(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=GUARD).text
     found = re.search(r'^ollama_py_slots_busy\{model="smollm2:135m"\} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
@@ -104,20 +104,18 @@ def test_a_client_that_hangs_up_frees_its_slot(one_slot: str) -> None:
     # Unbounded, this answer would run to the end of an 8192-token context: minutes on a CPU.
     options = {"num_ctx": 8192, "num_predict": -1, "temperature": 1.0, "seed": 1}
     body = {"model": MODEL, "prompt": "Tell me a very long story.", "options": options}
-    with httpx.Client(base_url=one_slot, timeout=120) as http:
+    with httpx.Client(base_url=one_slot, timeout=GUARD) as http:
         with http.stream("POST", "/api/generate", json=body) as response:
             got = 0
             for line in response.iter_lines():
                 got += bool(line)
                 if got == 3:
                     break
-        deadline = time.monotonic() + 60
-        while busy_slots(one_slot) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert busy_slots(one_slot) == 0
+        # The story would hold the slot for minutes; freed, it is free long before the guard.
+        wait_for(lambda: busy_slots(one_slot) == 0, "the slot of the client that hung up is busy")
         # With the only slot free again, the next answer runs now, not after the story.
         short = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {**options, "num_predict": 4}}
-        answer = http.post("/api/generate", json=short, timeout=60).json()
+        answer = http.post("/api/generate", json=short).json()
     assert answer["eval_count"] == 4
 
 
@@ -136,7 +134,7 @@ def test_concurrent_streams_each_get_their_whole_answer(one_slot: str) -> None:
 
     def ask(i: int) -> None:
         body = {"model": MODEL, "prompt": f"Say the number {i}.", "options": {"num_predict": 6, "seed": i}}
-        with httpx.Client(base_url=one_slot, timeout=120) as http:
+        with httpx.Client(base_url=one_slot, timeout=GUARD) as http:  # one slot: the last waits for three answers
             results[i] = [line for line in http.post("/api/generate", json=body).text.splitlines() if line]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
@@ -144,6 +142,7 @@ def test_concurrent_streams_each_get_their_whole_answer(one_slot: str) -> None:
         t.start()
     for t in threads:
         t.join()
+    assert sorted(results) == [0, 1, 2, 3]  # a request that failed in its thread left no rows
     for rows in results.values():
         final = json.loads(rows[-1])
         assert final["done"] and final["eval_count"] == 6
@@ -161,16 +160,18 @@ def test_sigterm_lets_streams_end_within_the_bound_and_exits_cleanly(tmp_path: P
                                   stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
+            assert server.poll() is None, f"the server exited:\n{log_path.read_text(errors='replace')[-3000:]}"
             try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
+                return httpx.get(f"{url}/health", timeout=GUARD).status_code == 200
             except httpx.TransportError:
-                time.sleep(0.2)
+                return False
+
+        wait_for(up, "the server does not answer /health")
         body = {"model": MODEL, "prompt": "Tell me a very long story.",
                 "options": {"num_ctx": 8192, "num_predict": -1, "temperature": 1.0}}
-        with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=120) as response:
+        with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=GUARD) as response:
             lines = response.iter_lines()
             assert json.loads(next(lines))["done"] is False
             server.send_signal(signal.SIGTERM)

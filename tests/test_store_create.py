@@ -18,7 +18,7 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.settings import Settings
-from ollama_py.store import create, gguf, modelfile, names
+from ollama_py.store import create, gguf, library, modelfile, names
 from ollama_py.store.create import CHATML_TEMPLATE, CreateError, ProgressUpdate
 from ollama_py.store.default_model import SMOLLM2_135M
 from ollama_py.store.manifests import (MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, MEDIA_TEMPLATE,
@@ -63,7 +63,7 @@ def test_default_model_is_in_the_store_like_ollamas(imported: tuple[Store, Setti
     manifest = store.read(entry.name)
     model = manifest.layer(MEDIA_MODEL)
     assert model is not None and model.digest == "sha256:" + SMOLLM2_135M.gguf_sha256
-    assert store.text(manifest.layer(MEDIA_TEMPLATE)) == CHATML_TEMPLATE  # type: ignore[arg-type]
+    assert store.text(manifest.layer(MEDIA_TEMPLATE)) == library.SMOLLM2_TEMPLATE  # type: ignore[arg-type]
     assert store.text(manifest.layer(MEDIA_SYSTEM)) == SMOLLM_SYSTEM  # type: ignore[arg-type]
     assert json.loads(store.text(manifest.layer(MEDIA_PARAMS))) == {  # type: ignore[arg-type]
         "stop": ["<|im_start|>", "<|im_end|>"]}
@@ -200,6 +200,7 @@ _CHILD = textwrap.dedent("""
     from ollama_py.store import create, modelfile, names
     from ollama_py.store.manifests import Store
     store = Store(Path(sys.argv[1]))
+    print("ready", flush=True)  # Python started and the store opened: the work begins now
     if sys.argv[2] == "create":
         for i in range(3):
             create.create(store, names.parse(f"m{i}"), modelfile.parse(f"FROM {sys.argv[3]}\\nSYSTEM s{i}"),
@@ -210,20 +211,41 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def _start(root: Path, action: str, model_path: Path) -> subprocess.Popen[str]:
+    """The child process, once it is ready to work: its start-up, slow on a busy machine, is behind it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), action, str(model_path)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    with child.stdout:  # it writes nothing more
+        assert child.stdout.readline() == "ready\n"
+    return child
+
+
 def test_killed_create_or_remove_leaves_the_store_consistent(model_path: Path, tmp_path: Path) -> None:
     """SIGKILL at random points of create and rm: every manifest left names blobs that exist and verify."""
+    # How long each action's work takes on this machine now, on a store of its own (a create into an empty
+    # store, the longest; a remove of its three models): the kills land at random points of that span,
+    # however busy the machine is.
+    span = {}
+    for action in ("create", "rm"):
+        child = _start(tmp_path / "baseline", action, model_path)
+        started = time.monotonic()
+        assert child.wait() == 0
+        span[action] = time.monotonic() - started
     root = tmp_path / "store"
     store = Store(root)
     rng = random.Random(5)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed_working = 0
     for round_ in range(8):
         action = "create" if round_ % 2 == 0 else "rm"
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root), action, str(model_path)], env=env)
-        # A create runs for about 0.8 s here, a remove for about 0.2 s (interpreter start included).
-        time.sleep(rng.uniform(0.1, 0.8) if action == "create" else rng.uniform(0.05, 0.2))
+        child = _start(root, action, model_path)
+        time.sleep(rng.random() * span[action])
+        killed_working += child.poll() is None
         child.send_signal(signal.SIGKILL)
         child.wait()
         consistent(store)
+    assert killed_working, "every child had finished before its kill: nothing was interrupted"
     store.prune()
     consistent(store)
     used = set().union(*(store.read(m.name).digests() for m in store.models()))

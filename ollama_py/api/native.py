@@ -13,7 +13,6 @@ import msgspec
 from msgspec import Meta
 
 from ollama_py.api.options import Duration, Format, Options, Think
-from ollama_py.store.create import ProgressUpdate
 
 # The Ollama API level we speak. Clients gate features on /api/version (VS Code's
 # Ollama provider wants at least 0.6.4), so we report the Ollama version whose
@@ -21,6 +20,16 @@ from ollama_py.store.create import ProgressUpdate
 API_VERSION = "0.13.0"
 
 TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+
+
+class ProgressUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One step of a pull, push or create, in Ollama's words (`pulling manifest`, `writing manifest`, `success`)."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
 
 ProgressResponse = ProgressUpdate
 """Progress of create, pull and push: `status`, and `digest`, `total`, `completed` while bytes move."""
@@ -213,6 +222,8 @@ class ModelDetails(msgspec.Struct, kw_only=True):
     families: list[str] | None = None
     parameter_size: str = ""
     quantization_level: str = ""
+    # In /api/tags only, as Ollama lists them; left out elsewhere.
+    context_length: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class ListModel(msgspec.Struct, kw_only=True):
@@ -222,6 +233,7 @@ class ListModel(msgspec.Struct, kw_only=True):
     size: int
     digest: str
     details: ModelDetails
+    capabilities: list[str] = msgspec.field(default_factory=list)
 
 
 class ListResponse(msgspec.Struct):

@@ -1,8 +1,8 @@
-"""Beyond one machine: llama.cpp RPC workers, and the supervised process that splits models across them.
+"""Beyond one machine: llama.cpp RPC workers.
 
-llama.cpp aborts its whole process when an RPC worker dies or misbehaves, so
-models that use workers never run in the server's own process: `remote`
-starts one runner process (`child`) for them and speaks `protocol` with it.
-`worker` is the `ollama-py worker` command; `probe` checks a worker before use;
-`placement` reads where llama.cpp put each layer.
+`worker` is the `ollama-py worker` command (a ggml-rpc-server); `probe`
+checks a worker with the RPC handshake before llama.cpp uses it, and names
+the dead one after a runner process that used the workers died. The runner
+processes themselves are the engine's (`engine.supervisor`): models split
+across workers run there like every other model.
 """

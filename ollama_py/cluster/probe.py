@@ -70,3 +70,25 @@ def _receive(conn: socket.socket, size: int) -> bytes:
             raise ConnectionResetError(0, "the worker closed the connection")
         data += chunk
     return data
+
+
+_PROBE_AFTER_DEATH = 2.0  # seconds each worker gets to answer when the runner process died, to name the dead one
+
+
+def check_all(workers: tuple[str, ...]) -> None:
+    """Raises WorkerUnavailable naming the first worker that cannot serve now."""
+    for worker in workers:
+        hello(worker)
+
+
+def suspects(workers: tuple[str, ...]) -> str:
+    """Which workers fail a handshake now that the runner process that held their only connection is gone."""
+    failures = []
+    for worker in workers:
+        try:
+            hello(worker, timeout=_PROBE_AFTER_DEATH)
+        except WorkerUnavailable as exc:
+            failures.append(str(exc))
+    if not workers:
+        return ""
+    return "; ".join(failures) or f"its workers ({', '.join(workers)}) answer again"

@@ -23,7 +23,7 @@ import msgspec
 
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import TemplateError
-from ollama_py.engine.runner import ModelRunner
+from ollama_py.engine.runner import Runner
 from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
 from ollama_py.llama.model import Model
 from ollama_py.llama.sampler import Grammar
@@ -40,6 +40,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     """A conversation as OpenAI-style message dicts (what the templates are written against)."""
 
     id: str
+    model: str = ""  # the model's name as the request wrote it, for the messages of refusals
     messages: tuple[dict[str, Any], ...]
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str = "auto"  # OpenAI's "auto" | "required" | "none"; Ollama always sends "auto"
@@ -71,6 +72,7 @@ class ChatDone:
     content: str
     thinking: str
     tool_calls: tuple[ToolCall, ...]
+    context: tuple[int, ...] = ()  # the prompt and the answer as tokens, where the request asked for them
 
 
 ChatEvent = ChatDelta | ChatDone
@@ -145,7 +147,7 @@ class ChatFormatter:
         Raises ValueError for requests the model cannot serve, as Ollama answers 400.
         """
         if any(m.get("images") for m in chat.messages):
-            raise ValueError(f"{self.model.path.name} does not support images")
+            raise ValueError(f"{chat.model or 'the model'} does not support images")
         template = self.go_template(chat.template)
         if template is None:
             return self._prepare_own(chat, num_ctx)
@@ -154,12 +156,12 @@ class ChatFormatter:
     def _prepare_own(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
         """The model's own template, through llama.cpp: its lazy tool grammar, stops and special tokens too."""
         if chat.tools and not self.supports_tools:
-            raise ValueError(f"{self.model.path.name} does not support tools")
+            raise ValueError(f"{chat.model or 'the model'} does not support tools")
         grammar = grammar_for_format(chat.format)
         applied, prompt = self._fit(chat, num_ctx, lambda messages: self._apply(chat, messages))
         if chat.think and not applied.supports_thinking:
             applied.close()
-            raise ValueError(f"{self.model.path.name} does not support thinking")
+            raise ValueError(f"{chat.model or 'the model'} does not support thinking")
         prefill: tuple[int, ...] = ()
         if grammar is None and applied.grammar:
             grammar = Grammar(gbnf=applied.grammar, lazy=applied.grammar_lazy,
@@ -179,9 +181,9 @@ class ChatFormatter:
         """A Go template, as Ollama's server uses one: what it can do is what it mentions, a thinking model
         thinks unless told not to, and answers are read with the tags the template shows."""
         if chat.tools and not template.supports_tools:
-            raise ValueError(f"{self.model.path.name} does not support tools")
+            raise ValueError(f"{chat.model or 'the model'} does not support tools")
         if chat.think and not template.supports_thinking:
-            raise ValueError(f"{self.model.path.name} does not support thinking")
+            raise ValueError(f"{chat.model or 'the model'} does not support thinking")
         think = chat.think if chat.think is not None else (True if template.supports_thinking else None)
         names = tuple(str((t.get("function") or {}).get("name") or "") for t in chat.tools)
         grammar = grammar_for_format(chat.format)
@@ -252,7 +254,7 @@ class ChatFormatter:
         """Fill in the middle: the template's `.Prompt` and `.Suffix`, and the model writes what goes between."""
         template = self.go_template(chat.template)
         if template is None or not template.supports_insert:
-            raise ValueError(f"{self.model.path.name} does not support insert")
+            raise ValueError(f"{chat.model or 'the model'} does not support insert")
         try:
             text = template.render((), prompt=prompt, suffix=suffix, think=chat.think)
         except TemplateError as exc:
@@ -291,7 +293,7 @@ class ChatFormatter:
         return frozenset(ids)
 
 
-async def chat(runner: ModelRunner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
+async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:
     """Streams the answer to a prepared conversation.
 
     Content and reasoning come as deltas while the answer grows; tool calls

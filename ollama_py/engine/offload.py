@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ollama_py.store import gguf
 from ollama_py.store.gguf import GGUFFile
 
 MIB = 1 << 20
@@ -78,7 +79,7 @@ def sizes(info: GGUFFile, *, num_ctx_total: int, kv_cache_type: str, n_ubatch: i
     key_len = int(meta.get(f"{arch}.attention.key_length", head_dim))
     value_len = int(meta.get(f"{arch}.attention.value_length", head_dim))
     kv = int(num_ctx_total * n_head_kv * (key_len + value_len) * KV_BYTES[kv_cache_type])
-    n_vocab = int(meta.get(f"{arch}.vocab_size", 0)) or len(meta.get("tokenizer.ggml.tokens", ()) or ())
+    n_vocab = int(meta.get(f"{arch}.vocab_size", 0)) or gguf.array_length(meta.get("tokenizer.ggml.tokens"))
     # Logits for a micro-batch dominate for small models; activations scale
     # with the embedding and feed-forward widths.
     n_ff = int(meta.get(f"{arch}.feed_forward_length", 4 * n_embd))

@@ -18,9 +18,6 @@ import msgspec
 
 from ollama_py.llama.lib import native_log
 
-_ASSIGNED = re.compile(r"load_tensors: layer\s+(\d+) assigned to device (\S+?),")
-
-
 class Placement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A run of consecutive layers on one device (the last layer is the output layer)."""
 
@@ -32,6 +29,14 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     @property
     def layers(self) -> int:
         return self.last_layer - self.first_layer + 1
+
+
+def on_cpu(n_layer: int) -> tuple[Placement, ...]:
+    """A model that uses no GPU and no worker: every layer (and the output layer) on the CPU."""
+    return (Placement(device="CPU", first_layer=0, last_layer=n_layer),)
+
+
+_ASSIGNED = re.compile(r"load_tensors: layer\s+(\d+) assigned to device (\S+?),")
 
 
 class _LayerLog(logging.Handler):
@@ -75,7 +80,3 @@ def summarize(assigned: Mapping[int, str], endpoints: Mapping[str, str]) -> tupl
                                   last_layer=layer))
     return tuple(runs)
 
-
-def on_cpu(n_layer: int) -> tuple[Placement, ...]:
-    """A model that uses no GPU and no worker: every layer (and the output layer) on the CPU."""
-    return (Placement(device="CPU", first_layer=0, last_layer=n_layer),)

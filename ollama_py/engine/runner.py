@@ -19,22 +19,23 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TypeVar
 
 import msgspec
 
 from ollama_py.engine.sampling import sampler_config
 from ollama_py.engine.stops import StopMatcher, TokenText
-from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, Logprob,
-                                    PromptTooLong, Token, TokenLogprob)
+from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, InvalidRequest,
+                                    Logprob, PromptTooLong, Token, TokenLogprob)
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions, DecodeError
 from ollama_py.llama.lib import LlamaError
 from ollama_py.llama.model import Model, Vocab
-from ollama_py.llama.sampler import SamplerChain
+from ollama_py.llama.sampler import GrammarError, SamplerChain
 
 log = logging.getLogger(__name__)
+E = TypeVar("E")
 
 _KV_TYPES = {"f16": capi.GGML_TYPE_F16, "q8_0": capi.GGML_TYPE_Q8_0, "q4_0": capi.GGML_TYPE_Q4_0}
 
@@ -97,22 +98,6 @@ class RunnerStats:
     kv_capacity: int
 
 
-class ModelRunner(Protocol):
-    """What the server uses of a loaded model's runner: a Runner here, or a model in the RPC runner process."""
-
-    model: Model  # for tokenizing and templates; no weights when the model runs in another process
-    num_ctx: int
-
-    @property
-    def alive(self) -> bool: ...
-
-    def submit(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
-
-    def stats(self) -> RunnerStats: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class _Submit:
     request: GenerationRequest
@@ -155,13 +140,13 @@ class _Slot:
     last_used: int = 0
 
 
-async def events_until_done(pending: asyncio.Queue[Event | Failed],
-                            abandon: Callable[[], None]) -> AsyncIterator[Event]:
-    """One request's events up to Done, a Failed raised as EngineError.
+async def events_until_done(pending: asyncio.Queue[E | Failed], abandon: Callable[[], None],
+                            last: type[E] | type[Done] = Done) -> AsyncIterator[E]:
+    """One request's events up to its last one (a `last`), a Failed raised as InvalidRequest or EngineError.
 
-    Closed before Done (the client went away), it calls `abandon`, which
-    tells whoever runs the request to cancel it. Shared by the in-process
-    runner and the RPC runner process's proxy.
+    Closed before the end (the client went away), it calls `abandon`, which
+    tells whoever runs the request to cancel it. Shared by the runner (token
+    events) and the server's end of a runner process (chat events).
     """
     finished = False
     try:
@@ -169,8 +154,8 @@ async def events_until_done(pending: asyncio.Queue[Event | Failed],
             event = await pending.get()
             if isinstance(event, Failed):
                 finished = True
-                raise EngineError(event.message)
-            finished = isinstance(event, Done)
+                raise (InvalidRequest if event.invalid else EngineError)(event.message)
+            finished = isinstance(event, last)
             yield event
     finally:
         if not finished:
@@ -342,7 +327,7 @@ class Runner:
             try:
                 sampler = self._sampler(submit.request, prompt)
             except LlamaError as exc:
-                self._post([(submit.stream, Failed(message=str(exc)))])
+                self._post([(submit.stream, Failed(message=str(exc), invalid=isinstance(exc, GrammarError)))])
                 continue
             slot.job = _Job(submit=submit, sampler=sampler, pending=list(prompt[keep:]),
                             prompt_eval_count=len(prompt) - keep, admitted_ns=time.monotonic_ns(),

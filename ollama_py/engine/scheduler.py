@@ -1,34 +1,35 @@
 """Which models are loaded: on demand, kept for keep_alive, evicted when too many.
 
-All state lives on the event loop's thread and is changed only under one
-asyncio condition; loading and freeing run in worker threads. Requests that
-must wait (the model is reloading, or every slot of the model budget is busy)
-wait on the condition, and at most OLLAMA_MAX_QUEUE of them may wait at once.
+The table of models lives on the event loop's thread and changes only under
+one asyncio condition, which guards the table and never a load: a load puts a
+placeholder in the table (so the model counts against the budget and later
+requests for it wait for it), releases the condition and loads in a worker
+thread, so requests for models already loaded go on meanwhile. One load runs
+at a time, so each load sees the memory the one before it took (Ollama never
+loads two models on one GPU at once: memory use is unknown while a load ramps up).
+Requests that must wait (their model is loading or reloading, or every place
+in the model budget is busy) wait on the condition, at most OLLAMA_MAX_QUEUE
+of them at once. Where a model runs is the business of the RunnerBackend the
+scheduler is given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
-import msgspec
-
-from ollama_py.cluster.placement import Placement, on_cpu
-from ollama_py.cluster.remote import RemoteEmbedder, RemoteRunner, RunnerProcess
-from ollama_py.engine.chat import ChatFormatter
-from ollama_py.engine.embed import Embedder
-from ollama_py.engine.offload import Plan, plan, sizes
-from ollama_py.engine.runner import ModelRunner, Runner, RunnerOptions
-from ollama_py.llama.devices import devices
-from ollama_py.llama.model import Model, ModelOptions
+from ollama_py.engine.backend import LoadSpec, ModelRunner, RunnerBackend, gpu_free_memory
+from ollama_py.engine.offload import Plan
+from ollama_py.engine.placement import Placement
+from ollama_py.engine.types import RunnerCrashed
 from ollama_py.settings import Settings
-from ollama_py.store import gguf
 
 log = logging.getLogger(__name__)
 
@@ -85,59 +86,32 @@ def _unit(number: str, unit: str) -> float:
     return float(number) * _DURATION_UNITS[unit]
 
 
-class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything that fixes how a model is loaded; a different spec means a reload."""
-
-    path: Path
-    runner: RunnerOptions = RunnerOptions()
-    num_gpu: int = -1  # layers on the GPU; -1: as many as fit
-    template: str = ""  # a Jinja chat template to use instead of the GGUF's own
-
-    def offload(self, free_vram: int) -> Plan:
-        """The GPU layers and memory of this spec, given the GPUs' free memory (Ollama's num_gpu)."""
-        info = gguf.read(self.path)
-        opts = self.runner
-        need = sizes(info, num_ctx_total=opts.num_ctx * opts.num_parallel, kv_cache_type=opts.kv_cache_type,
-                     n_ubatch=opts.num_batch)
-        return plan(need, free_vram=free_vram, num_gpu=self.num_gpu)
-
-
 @dataclass(eq=False)
 class Loaded:
     """One loaded model, shared by every request that holds a lease on it."""
 
     name: str
     spec: LoadSpec
-    model: Model
     runner: ModelRunner
-    formatter: ChatFormatter
     load_duration: int  # nanoseconds, reported by the request that caused the load
     placement: tuple[Placement, ...] = ()  # where the layers live; empty where llama.cpp's choice is not known
-    offload: Plan | None = None  # layers and memory on the local GPUs; None for RPC-split models
+    offload: Plan | None = None  # layers and memory on the local GPUs; None where the model is not placed here
+    size: int = 0  # bytes, as /api/ps reports them
     refs: int = 0
     keep_alive: float = 300.0
     expires_at: float = math.inf  # loop time; inf while in use or kept forever
     timer: asyncio.TimerHandle | None = None
-    embedder: Embedder | RemoteEmbedder | None = None
-    _embedder_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def get_embedder(self) -> Embedder | RemoteEmbedder:
-        """The embedding context, made on first use: most models are never asked for embeddings."""
-        async with self._embedder_lock:
-            if isinstance(self.runner, RemoteRunner):
-                self.embedder = self.runner.embedder
-            elif self.embedder is None:
-                opts = self.spec.runner
-                self.embedder = await asyncio.to_thread(Embedder, self.model, num_ctx=opts.num_ctx,
-                                                        max_inputs=opts.num_parallel, num_thread=opts.num_thread)
-            return self.embedder
 
     def close(self) -> None:
         self.runner.close()
-        self.formatter.close()
-        if self.embedder is not None:
-            self.embedder.close()
-        self.model.close()
+
+
+@dataclass(eq=False)
+class _Loading:
+    """A model's place in the table while it loads; the task publishes the model, or removes this on failure."""
+
+    spec: LoadSpec
+    task: asyncio.Task[Loaded]
 
 
 @dataclass(frozen=True)
@@ -149,15 +123,19 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend: RunnerBackend) -> None:
+        self._backend = backend
         self._max_loaded = settings.max_loaded_models or _DEFAULT_MAX_LOADED
         self._max_queue = settings.max_queue
         self._default_keep_alive = parse_keep_alive(settings.keep_alive)
-        self._loaded: dict[str, Loaded] = {}
+        self._loaded: dict[str, Loaded | _Loading] = {}
         self._cond = asyncio.Condition()
         self._waiting = 0
-        # Models that use RPC workers run in a supervised process: llama.cpp aborts the one that uses a dead worker.
-        self._remote = RunnerProcess(settings) if settings.rpc_servers else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Models whose runner died while loading them, with the spec and why: not loaded again (into a crash
+        # loop) until their files (content-addressed blobs: a new path), template or load options change, or
+        # they are removed (`forget`).
+        self._crashed: dict[str, tuple[LoadSpec, str]] = {}
 
     @property
     def waiting(self) -> int:
@@ -167,42 +145,59 @@ class Scheduler:
     def loaded(self) -> list[Loaded]:
         """The loaded models that can serve, longest remaining first (Ollama's /api/ps order).
 
-        A model whose runner died (its RPC worker went) is left out; it is freed at the next request for it.
+        A model still loading is left out, and so is one whose runner died (its RPC worker went): that one is
+        freed at the next request for it.
         """
-        return sorted((e for e in self._loaded.values() if e.runner.alive), key=lambda e: -e.expires_at)
+        return sorted((e for e in self._models() if e.runner.alive), key=lambda e: -e.expires_at)
+
+    def _models(self) -> list[Loaded]:
+        return [e for e in self._loaded.values() if isinstance(e, Loaded)]
 
     @asynccontextmanager
     async def acquire(self, name: str, spec: LoadSpec, keep_alive: float | None = None) -> AsyncIterator[Lease]:
         """Holds the model loaded (loading it if needed) for the body of the `async with`."""
         if self._waiting >= self._max_queue:
             raise Busy()
+        keep = self._default_keep_alive if keep_alive is None else keep_alive
         self._waiting += 1
         try:
-            lease = await self._acquire(name, spec)
+            lease = await self._acquire(name, spec, keep)
         finally:
             self._waiting -= 1
         try:
             yield lease
         finally:
-            await self._release(lease.loaded, self._default_keep_alive if keep_alive is None else keep_alive)
+            await self._release(lease.loaded, keep)
 
-    async def _acquire(self, name: str, spec: LoadSpec) -> Lease:
+    async def _acquire(self, name: str, spec: LoadSpec, keep_alive: float) -> Lease:
         async with self._cond:
             while True:
+                crashed = self._crashed.get(name)
+                if crashed is not None and crashed[0] == spec:
+                    raise RunnerCrashed(f"{crashed[1]} (not loading it again until the model changes)")
                 entry = self._loaded.get(name)
+                if isinstance(entry, _Loading):
+                    await self._cond.wait()  # until its load ends, one way or the other
+                    failure = _failure(entry.task)
+                    if failure is not None and entry.spec == spec:
+                        raise failure  # the load this request waited for failed: so does this request
+                    continue
                 if entry is not None and entry.spec == spec and entry.runner.alive:
                     self._hold(entry)
                     return Lease(entry, 0)
+                if entry is not None and entry.refs:
+                    await self._cond.wait()  # in use with other options: reload once it is free
+                    continue
+                if any(isinstance(e, _Loading) for e in self._loaded.values()):
+                    await self._cond.wait()  # one load at a time: each sees the memory the one before it took
+                    continue
                 if entry is not None:
-                    if entry.refs == 0:
-                        log.info("reloading %s: %s", name, "load options changed" if entry.runner.alive else
-                                 "its runner stopped")
-                        await self._unload(entry)
-                    else:
-                        await self._cond.wait()  # in use with other options: reload once it is free
+                    log.info("reloading %s: %s", name, "load options changed" if entry.runner.alive else
+                             "its runner stopped")
+                    await self._unload(entry)
                     continue
                 if len(self._loaded) >= self._max_loaded:
-                    idle = [e for e in self._loaded.values() if e.refs == 0]
+                    idle = [e for e in self._models() if e.refs == 0]
                     if not idle:
                         await self._cond.wait()
                         continue
@@ -215,58 +210,64 @@ class Scheduler:
                     log.info("unloading %s to free GPU memory for %s", victim.name, name)
                     await self._unload(victim)
                     continue
-                entry = await self._load(name, spec)
-                self._hold(entry)
-                return Lease(entry, entry.load_duration)
+                task = asyncio.create_task(self._load(name, spec))
+                self._loaded[name] = _Loading(spec=spec, task=task)
+                break
+        try:
+            entry = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The request left; the load goes on (a thread cannot be stopped) and its model stays, unheld.
+            task.add_done_callback(functools.partial(self._abandoned, keep_alive))
+            raise
+        return Lease(entry, entry.load_duration)
 
     def _vram_victim(self, spec: LoadSpec) -> Loaded | None:
         """An idle model on the GPU to unload when the new one would not fit there whole, as Ollama does."""
-        on_gpu = [e for e in self._loaded.values() if e.refs == 0 and e.offload is not None and e.offload.size_vram]
+        on_gpu = [e for e in self._models() if e.refs == 0 and e.offload is not None and e.offload.size_vram]
         free = gpu_free_memory()
         if not on_gpu or not free or spec.num_gpu == 0 or spec.offload(free).full:
             return None
         return min(on_gpu, key=lambda e: e.expires_at)
 
     async def _load(self, name: str, spec: LoadSpec) -> Loaded:
+        """Loads in a worker thread, then puts the model in the table in place of its placeholder (or, when the
+        load fails, takes the placeholder out) and wakes every waiter.
+
+        The model is published held for the request that asked for it, so no other request can evict it first.
+        """
         start = time.monotonic_ns()
-
-        def load() -> Loaded:
-            model, runner, placement, offload = self._open(spec)
-            try:
-                formatter = ChatFormatter(model, spec.template)
-            except BaseException:
-                runner.close()
-                model.close()
-                raise
-            return Loaded(name=name, spec=spec, model=model, runner=runner, formatter=formatter, load_duration=0,
-                          placement=placement, offload=offload)
-
-        entry = await asyncio.to_thread(load)
+        try:
+            entry = await asyncio.to_thread(self._open, name, spec)
+        except BaseException as exc:
+            async with self._cond:
+                del self._loaded[name]
+                if isinstance(exc, RunnerCrashed):
+                    self._crashed[name] = (spec, str(exc))
+                self._cond.notify_all()
+            raise
         entry.load_duration = time.monotonic_ns() - start
-        self._loaded[name] = entry
+        async with self._cond:
+            self._loaded[name] = entry
+            self._hold(entry)
+            self._cond.notify_all()
         log.info("loaded %s in %.2fs", name, entry.load_duration / 1e9)
         return entry
 
-    def _open(self, spec: LoadSpec) -> tuple[Model, ModelRunner, tuple[Placement, ...], Plan | None]:
-        """The model and its runner: split across the RPC workers unless it asks for no GPU layers. Blocking."""
-        if self._remote is not None and spec.num_gpu != 0:
-            vocab = Model(spec.path, ModelOptions(vocab_only=True))
-            try:
-                remote = self._remote.load(vocab, spec.runner, spec.num_gpu)
-            except BaseException:
-                vocab.close()
-                raise
-            return vocab, remote, remote.placement, None
-        offload = spec.offload(gpu_free_memory())
-        log.info("%s: %d of %d layers on the GPU (%d of %d bytes)", spec.path.name, offload.gpu_layers,
-                 offload.n_layers, offload.size_vram, offload.size)
-        model = Model(spec.path, ModelOptions(n_gpu_layers=offload.gpu_layers))
-        try:
-            runner = Runner(model, spec.runner)
-        except BaseException:
-            model.close()
-            raise
-        return model, runner, () if offload.gpu_layers else on_cpu(model.n_layer), offload
+    def _open(self, name: str, spec: LoadSpec) -> Loaded:
+        """The model from the backend. Blocking."""
+        opened = self._backend.open(spec)
+        return Loaded(name=name, spec=spec, runner=opened.runner, load_duration=0, placement=opened.placement,
+                      offload=opened.offload, size=opened.size)
+
+    def _abandoned(self, keep_alive: float, task: asyncio.Task[Loaded]) -> None:
+        """Gives back the hold a load took for a request that left before the load ended."""
+        if not task.cancelled() and task.exception() is None:
+            self._background(self._release(task.result(), keep_alive))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
     def _hold(self, entry: Loaded) -> None:
         entry.refs += 1
@@ -285,7 +286,7 @@ class Scheduler:
                 elif math.isfinite(keep_alive):
                     loop = asyncio.get_running_loop()
                     entry.expires_at = loop.time() + keep_alive
-                    entry.timer = loop.call_later(keep_alive, lambda: loop.create_task(self._expire(entry)))
+                    entry.timer = loop.call_later(keep_alive, lambda: self._background(self._expire(entry)))
             self._cond.notify_all()
 
     async def _expire(self, entry: Loaded) -> None:
@@ -302,24 +303,34 @@ class Scheduler:
         del self._loaded[entry.name]
         await asyncio.to_thread(entry.close)
 
+    def forget(self, name: str) -> None:
+        """Drops what is recorded of a model whose runner crashed at load (it was removed or replaced)."""
+        self._crashed.pop(name, None)
+
     async def unload(self, name: str) -> bool:
         """Unloads a model now if no request holds it (Ollama's keep_alive 0 with no prompt)."""
         async with self._cond:
             entry = self._loaded.get(name)
-            if entry is None or entry.refs:
+            if not isinstance(entry, Loaded) or entry.refs:
                 return False
             await self._unload(entry)
             self._cond.notify_all()
             return True
 
     async def close(self) -> None:
+        """Unloads every model, then frees the backend; a load in progress is waited for (a thread cannot be
+        stopped) and what it made is freed too."""
         async with self._cond:
-            for entry in list(self._loaded.values()):
+            while any(isinstance(e, _Loading) for e in self._loaded.values()):
+                await self._cond.wait()
+            for entry in self._models():
                 await self._unload(entry)
-        if self._remote is not None:
-            await asyncio.to_thread(self._remote.close)
+        await asyncio.to_thread(self._backend.close)
 
 
-def gpu_free_memory() -> int:
-    """Free memory of the local GPUs as llama.cpp sees them (RPC workers are not local)."""
-    return sum(d.memory_free for d in devices() if d.kind in ("gpu", "igpu") and not d.name.startswith("RPC"))
+def _failure(task: asyncio.Task[Loaded]) -> BaseException | None:
+    """Why a finished load failed; None while it runs, when it succeeded, or when it was cancelled."""
+    if not task.done() or task.cancelled():
+        return None
+    return task.exception()
+

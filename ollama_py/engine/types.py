@@ -34,8 +34,9 @@ class PromptTooLong(ValueError):
 class Sampling(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Ollama's sampling options with Ollama's defaults (api/types.go DefaultOptions).
 
-    repeat_penalty is 1.1 as the engine brief asks; Ollama's current default
-    is 1.0, an older one was 1.1.
+    repeat_penalty is 1.0, current Ollama's default (older releases used 1.1):
+    a penalty on the tokens of the prompt keeps a small model from repeating a
+    tool call it was shown.
     """
 
     temperature: float = 0.8
@@ -44,7 +45,7 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     min_p: float = 0.0
     typical_p: float = 1.0
     repeat_last_n: int = 64
-    repeat_penalty: float = 1.1
+    repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int = -1
@@ -109,10 +110,20 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     truncated: bool = False
 
 
+class RunnerCrashed(EngineError):
+    """The runner process died (or its watchdog stopped it) while it loaded a model: the model's files or
+    template make llama.cpp fail, and loading it again would fail again."""
+
+
+class InvalidRequest(ValueError):
+    """The request asked for what the model refuses once it sees it (a grammar llama.cpp rejects): a 400."""
+
+
 class Failed(msgspec.Struct, frozen=True, kw_only=True):
-    """The runner gave up on this request; `submit` raises it as EngineError."""
+    """The runner gave up on this request; `submit` raises it as InvalidRequest or EngineError."""
 
     message: str
+    invalid: bool = False  # the request's fault, not ours
 
 
 Event = Token | Done

@@ -11,14 +11,16 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ollama_py import __version__
 from ollama_py.api import native, openai
-from ollama_py.engine.scheduler import Scheduler
+from ollama_py.cluster import probe
+from ollama_py.engine.backend import RunnerBackend
+from ollama_py.engine.supervisor import ProcessBackend
+from ollama_py.engine.front import Engine
 from ollama_py.server import (
     openapi,
     routes_models,
@@ -36,6 +38,7 @@ from ollama_py.server.middleware import (
     load_keys,
     observe,
 )
+from ollama_py.server.openapi import Route
 from ollama_py.server.services import SERVICES, Services
 from ollama_py.settings import SECRETS, Settings, SettingsError
 from ollama_py.store.manifests import Store
@@ -45,20 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 11434
 # How long SIGTERM waits for in-flight requests (streams included) before cancelling them.
 SHUTDOWN_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Route:
-    """One route: how it is served, who may call it, and what it reads and writes (for /openapi.json)."""
-
-    method: str
-    path: str
-    handler: Handler
-    scope: Scope
-    summary: str
-    body: type | None = None
-    response: type | None = None
-    stream: str = ""  # the content type of a streamed response ("" when not streamed)
 
 
 _NDJSON = "application/x-ndjson"
@@ -114,12 +103,20 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def make_app(settings: Settings, *, store: Store | None = None) -> web.Application:
-    """The whole server, ready for an AppRunner or `web.run_app`."""
-    scheduler = Scheduler(settings)
-    metrics = Metrics(scheduler)
-    svc = Services(settings=settings, store=store or Store.from_settings(settings), scheduler=scheduler,
-                   metrics=metrics)
+def runner_backend(settings: Settings) -> RunnerBackend:
+    """Each model in a runner process of its own, or split across the RPC workers OLLAMA_RPC_SERVERS names
+    (checked with a handshake before llama.cpp, which would abort or hang on a bad one)."""
+    return ProcessBackend(settings, workers=settings.rpc_servers, check_workers=probe.check_all,
+                          explain_death=probe.suspects)
+
+
+def make_app(settings: Settings, *, store: Store | None = None,
+             backend: RunnerBackend | None = None) -> web.Application:
+    """The whole server, ready for an AppRunner or `web.run_app`; models run on `backend`, by default the one
+    the settings call for."""
+    engine = Engine(settings, backend or runner_backend(settings))
+    metrics = Metrics(engine)
+    svc = Services(settings=settings, store=store or Store.from_settings(settings), engine=engine, metrics=metrics)
     cors = Cors(settings.origins)
     host, _ = bind_address(settings.host)
     scopes: dict[web.AbstractRoute, Scope] = {}
@@ -153,7 +150,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if removed:
         log.info("pruned %d unused blobs", len(removed))
     yield
-    await svc.scheduler.close()
+    await svc.engine.close()
 
 
 def bind_address(raw: str) -> tuple[str, int]:

@@ -1,17 +1,19 @@
-"""Generation for one request: resolve the model, hold it loaded, render the prompt, stream the answer.
+"""Generation for one request: resolve the model, hold it loaded, hand its runner the job, stream the answer.
 
 The native and the OpenAI handlers both come through here; they differ only in
-the shapes they read and write. Everything that can refuse the request
-(unknown model, bad option, prompt too long) happens before the first event,
-so the streaming layer can still answer it with a status.
+the shapes they read and write. The server only decides: the prompt is
+rendered, tokenized, generated and parsed in the model's runner process.
+Everything that can refuse the request (unknown model, missing capability,
+bad option, prompt too long) happens before the first event, so the streaming
+layer can still answer it with a status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +23,11 @@ from aiohttp import web
 
 from ollama_py.api import native
 from ollama_py.api.options import Options
-from ollama_py.engine.chat import (
-    ChatDelta,
-    ChatDone,
-    ChatEvent,
-    ChatFormatter,
-    ChatRequest,
-    PreparedChat,
-    chat,
-)
-from ollama_py.engine.runner import ModelRunner
+from ollama_py.engine.backend import ModelRunner
+from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.scheduler import Lease
-from ollama_py.engine.types import Sampling
+from ollama_py.engine.types import EngineError, Sampling
+from ollama_py.engine.wire import ChatJob, Completion
 from ollama_py.server import models
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import record, services
@@ -62,10 +57,6 @@ class Held:
     def runner(self) -> ModelRunner:
         return self.lease.loaded.runner
 
-    @property
-    def formatter(self) -> ChatFormatter:
-        return self.lease.loaded.formatter
-
 
 @asynccontextmanager
 async def hold(request: web.Request, model: ResolvedModel, options: Options | None,
@@ -73,7 +64,13 @@ async def hold(request: web.Request, model: ResolvedModel, options: Options | No
     """Loads the model if needed (Busy when too many wait) and keeps it for the body of the `async with`."""
     svc = services(request)
     plan = models.plan(svc.settings, model, options)
-    async with svc.scheduler.acquire(model.key, plan.spec, keep_alive) as lease:
+    async with AsyncExitStack() as stack:
+        try:
+            lease = await stack.enter_async_context(svc.engine.acquire(model.key, plan.spec, keep_alive))
+        except EngineError as exc:
+            # The blob's file name means nothing to the user: say which model failed.
+            raise type(exc)(f"unable to load model {model.asked}: "
+                            f"{str(exc).replace(str(model.path), model.asked)}") from exc
         record(request).load_duration = lease.load_duration
         yield Held(model=model, lease=lease, sampling=plan.sampling)
 
@@ -105,41 +102,49 @@ def with_modelfile(model: ResolvedModel, messages: list[dict[str, Any]]) -> tupl
     return tuple(turns)
 
 
-async def answer(request: web.Request, held: Held,
-                 prepare: Callable[[], PreparedChat]) -> AsyncGenerator[ChatEvent, None]:
-    """Renders the prompt (in a thread: tokenizing a long prompt takes a while) and streams the answer.
+async def answer(request: web.Request, held: Held, job: ChatJob) -> AsyncGenerator[ChatEvent, None]:
+    """Streams the model's answer to the job (rendered, generated and parsed in its runner process).
 
     Fills the request's record for the access log and the metrics as it goes.
     """
-    prepared = await asyncio.to_thread(prepare)
     rec = record(request)
-    try:
-        async with aclosing(chat(held.runner, prepared)) as events:  # type: ignore[type-var]
-            async for event in events:
-                if isinstance(event, ChatDelta) and (event.content or event.thinking):
-                    rec.token_seen()
-                elif isinstance(event, ChatDone):
-                    rec.prompt_tokens = event.done.prompt_tokens
-                    rec.eval_tokens = event.done.eval_count
-                    rec.eval_duration = event.done.eval_duration
-                yield event
-    finally:
-        if prepared.applied is not None:
-            prepared.applied.close()  # chat() closes it too, unless it never started
+    async with aclosing(held.runner.chat(job)) as events:  # type: ignore[type-var]
+        async for event in events:
+            if isinstance(event, ChatDelta) and (event.content or event.thinking):
+                rec.token_seen()
+            elif isinstance(event, ChatDone):
+                rec.prompt_tokens = event.done.prompt_tokens
+                rec.eval_tokens = event.done.eval_count
+                rec.eval_duration = event.done.eval_duration
+            yield event
 
 
 def _for_model(held: Held, chat_request: ChatRequest) -> ChatRequest:
     """The request as this model answers it: its sampling, and its TEMPLATE unless the request brings one."""
-    return msgspec.structs.replace(chat_request, sampling=held.sampling,
+    return msgspec.structs.replace(chat_request, sampling=held.sampling, model=held.model.asked,
                                    template=chat_request.template or models.go_template(held.model))
+
+
+def needs(chat_request: ChatRequest, prompt: Prompt | None = None) -> tuple[str, ...]:
+    """The capabilities a request asks of its model (Ollama's list before CheckCapabilities)."""
+    wanted = ["completion"]
+    if chat_request.tools:
+        wanted.append("tools")
+    if chat_request.think:
+        wanted.append("thinking")
+    if prompt is not None and prompt.suffix and not prompt.raw:
+        wanted.append("insert")
+    if any(m.get("images") for m in chat_request.messages) or prompt is not None and prompt.images:
+        wanted.append("vision")
+    return tuple(wanted)
 
 
 async def converse(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
                    chat_request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
     """Holds the model and streams its answer to a conversation, sampled as options and Modelfile say."""
+    await asyncio.to_thread(models.require, model, *needs(chat_request))
     async with hold(request, model, options, keep_alive) as held:
-        conversation = _for_model(held, chat_request)
-        async for event in answer(request, held, lambda: held.formatter.prepare(conversation, held.runner.num_ctx)):
+        async for event in answer(request, held, ChatJob(chat=_for_model(held, chat_request))):
             yield event
 
 
@@ -154,27 +159,26 @@ class Prompt:
     suffix: str = ""  # fill in the middle, through a template that takes a suffix
 
 
-def prepare_prompt(held: Held, chat_request: ChatRequest, prompt: Prompt) -> PreparedChat:
-    """The prompt as one user turn after the Modelfile's SYSTEM and MESSAGEs, or raw, or around a suffix.
-
-    Blocking (rendering and tokenizing): call it from `answer`.
-    """
+def prompt_job(held: Held, chat_request: ChatRequest, prompt: Prompt, *, context: tuple[int, ...] = (),
+               return_context: bool = False) -> ChatJob:
+    """The prompt as one user turn after the Modelfile's SYSTEM and MESSAGEs, or raw, or around a suffix."""
     chat_request = _for_model(held, chat_request)
-    num_ctx = held.runner.num_ctx
     if prompt.raw or prompt.suffix:
-        return held.formatter.prepare_generate(chat_request, prompt.text, raw=prompt.raw, suffix=prompt.suffix,
-                                               num_ctx=num_ctx)
+        return ChatJob(chat=chat_request, completion=Completion(prompt=prompt.text, raw=prompt.raw,
+                                                                suffix=prompt.suffix),
+                       context=context, return_context=return_context)
     turns: list[dict[str, Any]] = [{"role": "system", "content": prompt.system}] if prompt.system else []
     turns.append({"role": "user", "content": prompt.text, **({"images": list(prompt.images)} if prompt.images else {})})
-    return held.formatter.prepare(
-        msgspec.structs.replace(chat_request, messages=with_modelfile(held.model, turns)), num_ctx)
+    return ChatJob(chat=msgspec.structs.replace(chat_request, messages=with_modelfile(held.model, turns)),
+                   context=context, return_context=return_context)
 
 
 async def complete(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
                    chat_request: ChatRequest, prompt: Prompt) -> AsyncGenerator[ChatEvent, None]:
     """Holds the model and streams its completion of a prompt."""
+    await asyncio.to_thread(models.require, model, *needs(chat_request, prompt))
     async with hold(request, model, options, keep_alive) as held:
-        async for event in answer(request, held, lambda: prepare_prompt(held, chat_request, prompt)):
+        async for event in answer(request, held, prompt_job(held, chat_request, prompt)):
             yield event
 
 
@@ -185,7 +189,6 @@ async def embed(request: web.Request, model: ResolvedModel, inputs: list[str], *
     async with hold(request, model, options, keep_alive) as held:
         if not inputs:
             return [], 0
-        embedder = await held.lease.loaded.get_embedder()
-        result = await asyncio.to_thread(embedder.embed, inputs, truncate=truncate, dimensions=dimensions)
+        result = await held.runner.embed(inputs, truncate=truncate, dimensions=dimensions)
     record(request).prompt_tokens = result.prompt_eval_count
     return result.embeddings, result.prompt_eval_count

@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ollama_py.engine.scheduler import Scheduler
+from ollama_py.engine.front import Engine
 from ollama_py.store import names
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,13 +28,13 @@ _THROUGHPUT_WINDOW = 60.0  # seconds
 
 
 class _EngineCollector(Collector):
-    """Reads the scheduler and each loaded runner when Prometheus scrapes."""
+    """Reads the engine and each loaded runner when Prometheus scrapes."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler = scheduler
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     def collect(self) -> Iterator[Metric]:
-        scheduler = self._scheduler
+        engine = self._engine
         waiting = GaugeMetricFamily(f"{_PREFIX}_num_requests_waiting",
                                     "Requests waiting for a model or for a free slot")
         loaded = GaugeMetricFamily(f"{_PREFIX}_loaded_models", "Models loaded now")
@@ -43,8 +43,8 @@ class _EngineCollector(Collector):
                                   labels=["model"])
         kv = GaugeMetricFamily(f"{_PREFIX}_kv_cache_usage_perc",
                                "Share of the KV cache holding tokens (0 to 1)", labels=["model"])
-        entries = scheduler.loaded()
-        queued = scheduler.waiting
+        entries = engine.loaded()
+        queued = engine.waiting
         for entry in entries:
             stats = entry.runner.stats()
             queued += stats.waiting
@@ -54,7 +54,10 @@ class _EngineCollector(Collector):
             kv.add_metric(label, stats.kv_tokens / stats.kv_capacity if stats.kv_capacity else 0.0)
         waiting.add_metric([], queued)
         loaded.add_metric([], len(entries))
-        yield from (waiting, loaded, busy, total, kv)
+        failures = CounterMetricFamily(f"{_PREFIX}_runner_failures",
+                                       "Runner processes that died or were stopped by their watchdog")
+        failures.add_metric([], engine.runner_failures)
+        yield from (waiting, loaded, busy, total, kv, failures)
 
 
 class _Throughput(Collector):
@@ -88,7 +91,7 @@ class _Throughput(Collector):
 
 
 class Metrics:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(f"{_PREFIX}_requests", "HTTP requests answered", ["route", "method", "status"],
                                 registry=self.registry)
@@ -104,7 +107,7 @@ class Metrics:
         self.tpot = Histogram(f"{_PREFIX}_time_per_output_token_seconds",
                               "Mean time per generated token after the first, per request", ["model"],
                               buckets=_TPOT_BUCKETS, registry=self.registry)
-        self.registry.register(_EngineCollector(scheduler))
+        self.registry.register(_EngineCollector(engine))
         self._throughput = _Throughput()
         self.registry.register(self._throughput)
 

@@ -7,6 +7,7 @@ sets (OLLAMA_PY_MAX_NUM_CTX, OLLAMA_PY_MAX_NUM_PREDICT) apply last.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from ollama_py.api.codec import BadRequest
 from ollama_py.api.options import Duration, Options, from_parameters
 from ollama_py.engine.goprompt import parse_template
 from ollama_py.engine.runner import RunnerOptions
-from ollama_py.engine.scheduler import LoadSpec, parse_keep_alive
+from ollama_py.engine.backend import LoadSpec
+from ollama_py.engine.scheduler import parse_keep_alive
 from ollama_py.engine.types import Sampling
 from ollama_py.settings import Settings
 from ollama_py.store import create, gguf, names
@@ -46,6 +48,7 @@ class ResolvedModel:
     """A stored model and what its Modelfile says."""
 
     name: ModelName  # as stored (the case on disk)
+    asked: str  # as the request wrote it: what errors name, as Ollama's do
     manifest: Manifest
     config: ModelConfig
     path: Path  # the GGUF weights
@@ -78,7 +81,11 @@ def parse_name(raw: str) -> ModelName:
 
 def resolve(store: Store, settings: Settings, raw: str) -> ResolvedModel:
     """Reads a model from the store (importing the default model on first use). Blocking: run it in a thread."""
-    name = create.resolve(store, parse_name(raw), settings)
+    return read(store, create.resolve(store, parse_name(raw), settings), raw)
+
+
+def read(store: Store, name: ModelName, asked: str) -> ResolvedModel:
+    """A stored model by its stored name. Blocking: run it in a thread."""
     manifest = store.read(name)
     weights = manifest.layer(MEDIA_MODEL)
     if weights is None:
@@ -88,7 +95,7 @@ def resolve(store: Store, settings: Settings, raw: str) -> ResolvedModel:
     params = manifest.layer(MEDIA_PARAMS)
     messages = manifest.layer(MEDIA_MESSAGES)
     return ResolvedModel(
-        name=name, manifest=manifest, config=store.config(manifest), path=store.blobs.path(weights.digest),
+        name=name, asked=asked, manifest=manifest, config=store.config(manifest), path=store.blobs.path(weights.digest),
         parameters=from_parameters(msgspec.json.decode(store.text(params))) if params else Options(),
         template=store.text(template) if template else None,
         system=store.text(system) if system else None,
@@ -119,22 +126,56 @@ def go_template(model: ResolvedModel) -> str:
     return "" if _JINJA_TAG in template else template
 
 
-def capabilities(model: ResolvedModel) -> list[str]:
-    """What the model can do, read as Ollama reads it from its files and template."""
-    info = gguf.read(model.path)
+@functools.lru_cache(maxsize=64)
+def _gguf_facts(path: Path, mtime_ns: int) -> tuple[bool, str, int]:
+    """(embedding-only, Jinja chat template, context length) of a weights file; blobs never change in place,
+    the mtime only guards against a file replaced under the same name."""
+    info = gguf.read(path)
     arch = info.architecture or ""
-    caps = ["embedding"] if f"{arch}.pooling_type" in info.metadata and not info.chat_template else ["completion"]
+    embedding = f"{arch}.pooling_type" in info.metadata and not info.chat_template
+    length = info.metadata.get(f"{arch}.context_length")
+    return embedding, info.chat_template or "", length if isinstance(length, int) else 0
+
+
+def _facts(model: ResolvedModel) -> tuple[bool, str, int]:
+    return _gguf_facts(model.path, model.path.stat().st_mtime_ns)
+
+
+def capabilities(model: ResolvedModel) -> list[str]:
+    """What the model can do, decided as Ollama decides it, from the template that renders its prompts.
+
+    /api/show, /api/tags and the refusal of requests (`require`) all read this one decision, so what the
+    server advertises is what it accepts.
+    """
+    embedding, chat_template, _ = _facts(model)
+    caps = ["embedding"] if embedding else ["completion"]
     source = go_template(model)
-    if source and source != create.derived_template(info.chat_template):
+    if source and source != create.derived_template(chat_template):
         template = parse_template(source)
         tools, insert, thinking = template.supports_tools, template.supports_insert, template.supports_thinking
-    else:  # a Jinja template: the GGUF's own, or the Modelfile's
-        jinja = jinja_template(model) or info.chat_template or ""
+    else:  # a Jinja template renders: the GGUF's own, or the Modelfile's
+        jinja = jinja_template(model) or chat_template
         tools, insert, thinking = "tools" in jinja, False, "<think>" in jinja or "enable_thinking" in jinja
     caps += [name for name, able in (("tools", tools), ("insert", insert), ("thinking", thinking)) if able]
     if model.manifest.layer(MEDIA_PROJECTOR) is not None:
         caps.append("vision")
     return caps
+
+
+def context_length(model: ResolvedModel) -> int:
+    """The context the model was trained for (its GGUF's `<arch>.context_length`); 0 when it does not say."""
+    return _facts(model)[2]
+
+
+def require(model: ResolvedModel, *needs: str) -> None:
+    """Ollama's CheckCapabilities: refuses (400) what the model cannot do, naming the model as it was asked for.
+
+    Blocking (reads the GGUF's header once per file): run it in a thread.
+    """
+    able = capabilities(model)
+    missing = [need for need in needs if need not in able]
+    if missing:
+        raise BadRequest(f"{model.asked} does not support {', '.join(missing)}")
 
 
 def keep_alive(value: Duration | None) -> float | None:

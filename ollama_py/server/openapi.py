@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
+from aiohttp.typedefs import Handler
 
 from ollama_py.api import native, openai
 from ollama_py.server.middleware import Scope
 
-if TYPE_CHECKING:
-    from ollama_py.server.app import Route
-
 _REF = "#/components/schemas/{name}"
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route: how it is served, who may call it, and what it reads and writes (for /openapi.json)."""
+
+    method: str
+    path: str
+    handler: Handler
+    scope: Scope
+    summary: str
+    body: type | None = None
+    response: type | None = None
+    stream: str = ""  # the content type of a streamed response ("" when not streamed)
 
 
 def _content(kind: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ a worker thread; the event loop keeps serving streams meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from ollama_py.server import inference, models, streaming
 from ollama_py.server.models import ResolvedModel, model_details
 from ollama_py.server.services import record, services
 from ollama_py.settings import Settings
-from ollama_py.store import create, gguf, names, registry
+from ollama_py.store import create, gguf, huggingface, names, registry
 from ollama_py.store.blobs import check_digest
 from ollama_py.store.create import Progress, ProgressUpdate
 from ollama_py.store.manifests import ModelNotFoundError, Store
@@ -40,6 +41,8 @@ from ollama_py.store.modelfile import (
 )
 from ollama_py.store.names import ModelName
 
+log = logging.getLogger(__name__)
+
 # Keep-alive "forever" as a time: Ollama shows the far future, not an absent field.
 _FOREVER = timedelta(days=365 * 100)
 
@@ -51,12 +54,24 @@ def _rfc3339(moment: datetime) -> str:
 # ---- /api/tags ----------------------------------------------------------------------
 
 
+def _list(store: Store) -> native.ListResponse:
+    listed = []
+    for m in store.models():
+        details, caps = model_details(m.config), []
+        try:
+            model = models.read(store, m.name, m.name.display())
+            caps = models.capabilities(model)
+            details = msgspec.structs.replace(details, context_length=models.context_length(model))
+        except (OSError, ValueError, LookupError) as exc:  # removed meanwhile, or weights that do not read
+            log.warning("listing %s without its capabilities: %s", m.name.display(), exc)
+        listed.append(native.ListModel(name=m.name.display(), model=m.name.display(),
+                                       modified_at=_rfc3339(m.modified_at), size=m.size, digest=m.digest,
+                                       details=details, capabilities=caps))
+    return native.ListResponse(models=listed)
+
+
 async def tags(request: web.Request) -> web.StreamResponse:
-    stored = await asyncio.to_thread(services(request).store.models)
-    return streaming.json(native.ListResponse(models=[
-        native.ListModel(name=m.name.display(), model=m.name.display(), modified_at=_rfc3339(m.modified_at),
-                         size=m.size, digest=m.digest, details=model_details(m.config))
-        for m in stored]))
+    return streaming.json(await asyncio.to_thread(_list, services(request).store))
 
 
 # ---- /api/show ----------------------------------------------------------------------
@@ -105,12 +120,12 @@ def _process(store: Store, entry: Loaded, expires_in: float) -> native.ProcessMo
         details, digest = model_details(store.config(manifest)), store.manifest_digest(name)
     except ModelNotFoundError:  # removed from the store while loaded
         details, digest = native.ModelDetails(), ""
-    expires = datetime.now(UTC) + (timedelta(seconds=expires_in) if math.isfinite(expires_in) else _FOREVER)
+    expires = datetime.now(UTC) + (timedelta(seconds=expires_in) if expires_in < _FOREVER.total_seconds() else _FOREVER)
     # As Ollama reports it: weights, KV cache and compute buffers, and the part of that on the GPUs.
     # A model split across RPC workers counts as on the GPU, as llama.cpp types those devices.
     remote = any(p.endpoint for p in entry.placement)
     size, size_vram = ((entry.offload.size, entry.offload.size_vram) if entry.offload else
-                       (entry.model.size, entry.model.size if remote else 0))
+                       (entry.size, entry.size if remote else 0))
     return native.ProcessModel(name=name.display(), model=name.display(), size=size, digest=digest,
                                details=details, expires_at=_rfc3339(expires),
                                size_vram=size_vram, context_length=entry.runner.num_ctx,
@@ -123,7 +138,7 @@ async def ps(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     now = asyncio.get_running_loop().time()
     # A model in use shows when it would expire if its requests ended now, as Ollama does.
-    loaded = [(e, e.keep_alive if math.isinf(e.expires_at) else e.expires_at - now) for e in svc.scheduler.loaded()]
+    loaded = [(e, e.keep_alive if math.isinf(e.expires_at) else e.expires_at - now) for e in svc.engine.loaded()]
     found = await asyncio.to_thread(lambda: [_process(svc.store, e, left) for e, left in loaded])
     return streaming.json(native.ProcessResponse(models=found))
 
@@ -147,7 +162,8 @@ async def delete(request: web.Request) -> web.StreamResponse:
     stored = await asyncio.to_thread(svc.store.resolve, name)
     if stored is None:
         raise ModelNotFoundError(f"model '{name.display()}' not found")
-    await svc.scheduler.unload(str(stored))
+    await svc.engine.unload(str(stored))
+    svc.engine.forget(str(stored))  # a model whose runner crashed at load may be created anew under this name
     await asyncio.to_thread(svc.store.delete, stored)
     return web.Response()
 
@@ -244,7 +260,10 @@ def _pull(store: Store, settings: Settings, name: ModelName, insecure: bool, pro
         else:
             progress(ProgressUpdate(status="success"))
         return
-    registry.pull(store, name, settings=settings, insecure=insecure, progress=progress, cancel=cancel)
+    if name.is_huggingface:
+        huggingface.pull(store, name, settings=settings, progress=progress, cancel=cancel)
+    else:
+        registry.pull(store, name, settings=settings, insecure=insecure, progress=progress, cancel=cancel)
 
 
 def _push(store: Store, settings: Settings, name: ModelName, insecure: bool, progress: Progress,

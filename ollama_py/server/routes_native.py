@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ollama_py.api import codec, native
 from ollama_py.api.options import Options, Think
-from ollama_py.engine.chat import ChatDelta, ChatDone, ChatRequest, PreparedChat
+from ollama_py.engine.chat import ChatDelta, ChatDone, ChatRequest
 from ollama_py.engine.types import Logprob
 from ollama_py.llama.shim import ToolCall
 from ollama_py.server import inference, models, streaming
@@ -79,7 +79,7 @@ async def _load_only(request: web.Request, model: ResolvedModel, options: Option
                      keep_alive: float | None) -> str:
     """Loads the model and keeps it (done_reason "load"), or with keep_alive 0 unloads it ("unload")."""
     if keep_alive == 0:
-        await services(request).scheduler.unload(model.key)
+        await services(request).engine.unload(model.key)
         return "unload"
     async with inference.hold(request, model, options, keep_alive):
         return "load"
@@ -113,30 +113,19 @@ async def _generate_chunks(request: web.Request, req: native.GenerateRequest, mo
                        template=req.template)
     prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
                               suffix=req.suffix)
+    await asyncio.to_thread(models.require, model, *inference.needs(chat, prompt))
     async with inference.hold(request, model, req.options, keep_alive) as held:
-        rendered: list[tuple[int, ...]] = []
-
-        def prepare() -> PreparedChat:
-            prepared = inference.prepare_prompt(held, chat, prompt)
-            if req.context:  # the deprecated conversation memory: its tokens go before the new prompt
-                prepared = PreparedChat(request=msgspec.structs.replace(
-                    prepared.request, prompt=tuple(req.context) + prepared.request.prompt), applied=prepared.applied)
-            rendered.append(prepared.request.prompt)
-            return prepared
-
-        text: list[str] = []
-        async for event in inference.answer(request, held, prepare):
+        # `context` (deprecated, not sent in raw mode): the conversation so far as tokens, before the new prompt.
+        job = inference.prompt_job(held, chat, prompt, context=tuple(req.context or ()), return_context=not req.raw)
+        async for event in inference.answer(request, held, job):
             if isinstance(event, ChatDelta):
-                text.append(event.content)
                 yield native.GenerateResponse(
                     model=req.model, created_at=now(), response=event.content, thinking=event.thinking, done=False,
                     logprobs=[native_logprob(event.logprob)] if event.logprob else None)
                 continue
-            # `context` (deprecated, not sent in raw mode): the conversation so far as tokens.
-            context = None if req.raw else list(rendered[0]) + held.runner.model.vocab.tokenize(
-                "".join(text), add_special=False)
             yield native.GenerateResponse(model=req.model, created_at=now(), response="", done=True,
-                                          done_reason=str(event.done.reason), context=context,
+                                          done_reason=str(event.done.reason),
+                                          context=list(event.context) if not req.raw else None,
                                           **_metrics(request, event))
 
 
@@ -221,8 +210,7 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.TokenizeRequest)
     model = await inference.resolve(request, req.model)
     async with inference.hold(request, model, req.options, models.keep_alive(req.keep_alive)) as held:
-        vocab = held.runner.model.vocab
-        tokens = await asyncio.to_thread(vocab.tokenize, req.text, add_special=req.add_special, parse_special=True)
+        tokens = await held.runner.tokenize(req.text, add_special=req.add_special)
     return streaming.json(native.TokenizeResponse(model=req.model, tokens=tokens))
 
 
@@ -230,11 +218,11 @@ async def detokenize(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.DetokenizeRequest)
     model = await inference.resolve(request, req.model)
     async with inference.hold(request, model, req.options, models.keep_alive(req.keep_alive)) as held:
-        vocab = held.runner.model.vocab
-        bad = [t for t in req.tokens if not 0 <= t < vocab.n_tokens]
+        n_vocab = held.runner.n_vocab
+        bad = [t for t in req.tokens if not 0 <= t < n_vocab]
         if bad:
-            raise codec.BadRequest(f"tokens: {bad[0]} is not a token of this model (0 to {vocab.n_tokens - 1})")
-        text = await asyncio.to_thread(vocab.detokenize, req.tokens)
+            raise codec.BadRequest(f"tokens: {bad[0]} is not a token of this model (0 to {n_vocab - 1})")
+        text = await held.runner.detokenize(req.tokens)
     return streaming.json(native.DetokenizeResponse(model=req.model, text=text))
 
 

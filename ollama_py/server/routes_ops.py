@@ -26,4 +26,4 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
 
 async def health(request: web.Request) -> web.StreamResponse:
     return streaming.json(native.HealthResponse(status="ok", version=__version__,
-                                                loaded_models=len(services(request).scheduler.loaded())))
+                                                loaded_models=len(services(request).engine.loaded())))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from ollama_py.engine.scheduler import Scheduler
+from ollama_py.engine.front import Engine
 from ollama_py.server.metrics import Metrics
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
@@ -22,7 +22,7 @@ from ollama_py.store.manifests import Store
 class Services:
     settings: Settings
     store: Store
-    scheduler: Scheduler
+    engine: Engine
     metrics: Metrics
     # Set while shutting down once in-flight streams have had most of their time: each then ends cleanly.
     draining: asyncio.Event = field(default_factory=asyncio.Event)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import msgspec
 
+from ollama_py.api.native import ProgressUpdate
 from ollama_py.settings import Settings
-from ollama_py.store import default_model, gguf, names
+from ollama_py.store import default_model, gguf, library, names
 from ollama_py.store.blobs import check_digest
 from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL,
                                        MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_TEMPLATE,
@@ -30,15 +31,6 @@ from ollama_py.store.names import ModelName
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2:135m"
-
-
-class ProgressUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One step of a create, in Ollama's words (`parsing GGUF`, `writing manifest`, `success`)."""
-
-    status: str
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
 
 
 Progress = Callable[[ProgressUpdate], None]
@@ -269,10 +261,9 @@ def import_default(store: Store, settings: Settings, *, progress: Progress | Non
         _emit(progress, status, completed=done, total=total)
 
     path = default_model.ensure(settings.cache, progress=relay)
-    chat_template = gguf.read(path).chat_template
     log.info("importing the default model %s from %s", DEFAULT_MODEL, path)
-    modelfile = Modelfile(from_=str(path), template=derived_template(chat_template),
-                          system=default_system(chat_template), parameters={"stop": list(CHATML_STOP)})
+    modelfile = Modelfile(from_=str(path), template=library.SMOLLM2_TEMPLATE, system=library.SMOLLM2_SYSTEM,
+                          parameters=dict(library.SMOLLM2_PARAMETERS))
     return create(store, name, modelfile, base_dir=path.parent, progress=progress)
 
 

@@ -82,6 +82,14 @@ class ElidedArray(msgspec.Struct, frozen=True):
     length: int
 
 
+def array_length(value: object) -> int:
+    """The length of a metadata array, kept or elided; 0 for anything else (upstream's converter writes
+    `<arch>.vocab_size` for only some architectures, so the token list's length has to stand in)."""
+    if isinstance(value, ElidedArray):
+        return value.length
+    return len(value) if isinstance(value, (list, tuple)) else 0
+
+
 class TensorInfo(msgspec.Struct, frozen=True):
     name: str
     shape: tuple[int, ...]

@@ -212,15 +212,12 @@ class _Session:
 
 def pull(store: Store, name: ModelName, *, settings: Settings, insecure: bool = False,
          progress: Progress | None = None, cancel: threading.Event | None = None) -> ModelName:
-    """Pulls a model into the store and returns its stored name; hf.co names go to the Hugging Face Hub.
+    """Pulls a model from an OCI registry into the store and returns its stored name (hf.co names go to
+    `huggingface.pull`, which builds on this module's downloads).
 
     Raises RegistryError (with the status for the API), Cancelled when
     `cancel` is set; partial downloads stay for the next pull to resume.
     """
-    if name.is_huggingface:
-        from ollama_py.store import huggingface
-
-        return huggingface.pull(store, name, settings=settings, progress=progress, cancel=cancel)
     cancel = cancel or threading.Event()
     session = _Session(name, settings, insecure)
     emit(progress, "pulling manifest")
