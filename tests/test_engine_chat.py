@@ -78,7 +78,8 @@ async def test_json_schema_format_output_validates(runner: Runner, formatter: Ch
 @pytest.mark.asyncio
 async def test_json_format_gives_an_object(runner: Runner, formatter: ChatFormatter) -> None:
     request = ChatRequest(id="j", messages=user("List two animals as JSON."), format="json",
-                          sampling=Sampling(temperature=0, num_predict=200))
+                          # A penalty on repeats keeps the greedy object from repeating a key past num_predict.
+                          sampling=Sampling(temperature=0, num_predict=200, repeat_penalty=1.1))
     _, done = await answer(runner, formatter.prepare(request, runner.num_ctx))
     assert isinstance(json.loads(done.content), dict)
 
@@ -120,7 +121,7 @@ async def test_tool_call_comes_back_structured(model: Model, runner: Runner) -> 
 
 @pytest.mark.asyncio
 async def test_second_turn_evaluates_only_the_new_messages(runner: Runner, formatter: ChatFormatter) -> None:
-    greedy = Sampling(temperature=0, num_predict=100)
+    greedy = Sampling(temperature=0, num_predict=100, repeat_penalty=1.1)  # so the first answer ends by itself
     first = ChatRequest(id="a", messages=user("What is the capital of France?"), sampling=greedy)
     prepared = formatter.prepare(first, runner.num_ctx)
     first_prompt = prepared.request.prompt

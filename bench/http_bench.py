@@ -1,0 +1,369 @@
+"""End to end over HTTP: a candidate ollama-py beside a baseline ollama-py and llama-server, rounds interleaved.
+
+Every server is started here, on a free loopback port, with the same settings:
+as many slots as streams, the same context per slot, the same threads, flash
+attention, batch size and GPU layers. Each ollama-py gets its own fresh store
+(OLLAMA_MODELS in a temp folder; the default model is imported from the
+pinned wheel's GGUF) and serves a model created from smollm2:135m that pins
+num_thread, num_gpu and repeat_penalty 1.0 (llama-server's default), so the
+same request means the same work on every server. llama-server is compiled
+from the same pinned llama.cpp in the same cached CMake build
+(`build_backend.build_llama_server()`) and loads that same GGUF.
+
+Each round sends N concurrent streaming /v1/chat/completions requests (the
+same N prompts to every server in that round, new prompts each round so no
+answer comes whole from a prompt cache; greedy, max_tokens), and measures
+
+  aggregate tok/s = sum of `usage.completion_tokens` / wall time of the round
+  TTFT            = request sent -> first chunk with content, p50 over the round's streams
+  CPU ms/token    = CPU time of the server's process session (the server and its runner
+                    processes, from /proc) during the round / completion tokens
+
+The servers take turns within each round, the first one rotating from round
+to round, so a change in the machine's load hits all of them alike. Reported:
+the median over rounds, and the candidate's ratio to each other server both
+as a ratio of medians and as the median of the per-round (paired) ratios.
+
+    .venv/bin/python bench/http_bench.py --streams 1 8 --rounds 5 --baseline /tmp/base/.venv/bin/ollama-py
+
+prints a markdown table; --out FILE.json keeps every round.
+
+On a machine whose cores are shared with other work, --threads equal to the
+core count measures the scheduler more than the servers: llama.cpp's decode
+threads wait for each other at every op, and one of them descheduled stalls
+all (seen here: 2 threads on 2 busy cores gave 2-60 tok/s from one round to
+the next, 1 thread a steady ~30). Use fewer threads than cores there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_MODEL = "smollm2:135m"
+BENCH_MODEL = "http-bench:latest"
+SYSTEM = "You are a helpful assistant who writes long, detailed answers."
+TOPICS = ["a lighthouse keeper", "the history of tea", "how volcanoes form", "a robot learning to paint",
+          "the rules of chess", "a trip to Mars", "why the sea is salty", "a day in ancient Rome",
+          "how bees make honey", "the life of a star", "a haunted library", "building a treehouse",
+          "the water cycle", "a detective in Paris", "how bridges stand up", "a dragon who hates fire"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def messages(n: int) -> list[dict[str, str]]:
+    """The n-th prompt: a different opening each time, so only the system prompt is a shared prefix."""
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Story {n}. Write a long, detailed story about {TOPICS[n % len(TOPICS)]}."}]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_s(session: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one session: a server and its runners."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+@dataclass
+class Server:
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    model: str  # the `model` field of every request
+    log: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:  # new session: stop() ends the server and any runner process it started
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; its log {self.log} ends:\n{tail}")
+
+
+def ollama_py(label: str, binary: Path, args: argparse.Namespace, streams: int, scratch: Path) -> Server:
+    port = free_port()
+    store = Path(tempfile.mkdtemp(prefix=f"store-{label}-{streams}-", dir=scratch))
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
+           "OLLAMA_NUM_PARALLEL": str(streams), "OLLAMA_CONTEXT_LENGTH": str(args.ctx),
+           "OLLAMA_FLASH_ATTENTION": "1" if args.flash_attention == "on" else "0",
+           "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MAX_LOADED_MODELS": "1"}
+    env.pop("OLLAMA_PY_API_KEYS", None)
+    env.pop("OLLAMA_PY_API_KEYS_FILE", None)
+    return Server(label, [str(binary), "serve"], env, BENCH_MODEL, scratch / f"{label}-{streams}.log", port)
+
+
+def llama_server(binary: Path, gguf: Path, args: argparse.Namespace, streams: int, scratch: Path) -> Server:
+    port = free_port()
+    argv = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(streams), "-c", str(args.ctx * streams), "-t", str(args.threads), "-tb", str(args.threads),
+            "-fa", args.flash_attention, "-ngl", str(args.ngl), "-b", "512", "-ub", "512", "--no-webui"]
+    return Server("llama-server", argv, dict(os.environ), "smollm2", scratch / f"llama-server-{streams}.log", port)
+
+
+async def ready(session: aiohttp.ClientSession, server: Server, args: argparse.Namespace) -> None:
+    """Waits for /health, then (ollama-py) creates the bench model with the shared load and sampling settings."""
+    deadline = time.monotonic() + 300
+    while True:
+        server.alive()
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with session.get(server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.label} not healthy after 300 s; see {server.log}")
+        await asyncio.sleep(0.2)
+    if server.model == BENCH_MODEL:
+        body = {"model": BENCH_MODEL, "from": BASE_MODEL, "stream": False,
+                "parameters": {"num_thread": args.threads, "num_gpu": args.ngl, "repeat_penalty": 1.0}}
+        async with session.post(server.url + "/api/create", json=body) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{server.label}: /api/create answered {r.status}: {await r.text()}")
+
+
+async def one(session: aiohttp.ClientSession, server: Server, n: int, max_tokens: int) -> dict[str, Any]:
+    body = {"model": server.model, "messages": messages(n), "stream": True, "max_tokens": max_tokens,
+            "temperature": 0, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft = None
+    usage = None
+    chunks = 0
+    finish = None
+    async with session.post(server.url + "/v1/chat/completions", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{server.label}: /v1/chat/completions answered {r.status}: {await r.text()}")
+        async for raw in r.content:
+            line = raw.strip()
+            if not line.startswith(b"data: "):
+                continue
+            if line == b"data: [DONE]":
+                break
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                finish = choice.get("finish_reason") or finish
+    end = time.perf_counter()
+    if usage is None:
+        raise RuntimeError(f"{server.label}: the stream had no usage")
+    return {"completion_tokens": int(usage["completion_tokens"]), "prompt_tokens": int(usage["prompt_tokens"]),
+            "ttft_s": ttft if ttft is not None else end - start, "latency_s": end - start, "chunks": chunks,
+            "finish_reason": finish}
+
+
+async def run_round(session: aiohttp.ClientSession, server: Server, first: int, streams: int,
+                    max_tokens: int) -> dict[str, Any]:
+    server.alive()
+    assert server.proc is not None
+    cpu = session_cpu_s(server.proc.pid)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one(session, server, first + i, max_tokens) for i in range(streams)))
+    wall = time.perf_counter() - start
+    cpu = session_cpu_s(server.proc.pid) - cpu
+    tokens = sum(r["completion_tokens"] for r in results)
+    return {"wall_s": wall, "tokens": tokens, "tps": tokens / wall,
+            "cpu_s": cpu, "cpu_ms_per_token": cpu / tokens * 1e3,
+            "ttft_p50_ms": statistics.median(r["ttft_s"] for r in results) * 1e3,
+            "short_streams": sum(r["completion_tokens"] < max_tokens for r in results),
+            "load1": os.getloadavg()[0], "streams": results}
+
+
+async def level(servers: list[Server], streams: int, args: argparse.Namespace) -> None:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900), connector=connector) as session:
+        await asyncio.gather(*(ready(session, s, args) for s in servers))
+        for s in servers:  # warm-up: loads the model and touches every slot; not counted
+            t = time.perf_counter()
+            await run_round(session, s, 10_000, streams, 16)
+            print(f"  {s.label}: ready, warm-up {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        for r in range(args.rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                result = await run_round(session, s, (r + 1) * 1000, streams, args.max_tokens)
+                s.rounds.append(result)
+                print(f"  streams {streams} round {r + 1} {s.label:13s} {result['tps']:7.1f} tok/s "
+                      f"({result['tokens']} tokens in {result['wall_s']:.2f} s) TTFT p50 "
+                      f"{result['ttft_p50_ms']:.0f} ms, {result['cpu_ms_per_token']:.1f} CPU ms/token, "
+                      f"load {result['load1']:.1f}", file=sys.stderr, flush=True)
+
+
+def summarize(servers: list[Server]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in servers:
+        tps = [r["tps"] for r in s.rounds]
+        out[s.label] = {"tps_median": statistics.median(tps), "tps_min": min(tps), "tps_max": max(tps),
+                        "ttft_p50_ms_median": statistics.median(r["ttft_p50_ms"] for r in s.rounds),
+                        "cpu_ms_per_token_median": statistics.median(r["cpu_ms_per_token"] for r in s.rounds),
+                        "tokens_per_round": statistics.median(r["tokens"] for r in s.rounds),
+                        "short_streams": sum(r["short_streams"] for r in s.rounds)}
+    cand = next(s for s in servers if s.label == "candidate")
+    for other in servers:
+        if other is cand:
+            continue
+        paired = [a["tps"] / b["tps"] for a, b in zip(cand.rounds, other.rounds, strict=True)]
+        out[f"candidate/{other.label}"] = {
+            "ratio_of_medians": out["candidate"]["tps_median"] / out[other.label]["tps_median"],
+            "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired)}
+    return out
+
+
+def table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
+    head = ["streams", *[f"{label} tok/s" for label in labels]]
+    others = [label for label in labels if label != "candidate"]
+    head += [f"**candidate / {label}**" for label in others]
+    head += ["TTFT p50 ms (" + " / ".join(labels) + ")", "CPU ms/token (" + " / ".join(labels) + ")"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for streams, summary in results.items():
+        cells = [str(streams)]
+        for label in labels:
+            s = summary[label]
+            cells.append(f"{s['tps_median']:.1f} ({s['tps_min']:.0f}-{s['tps_max']:.0f})")
+        for label in others:
+            ratio = summary[f"candidate/{label}"]
+            cells.append(f"**{ratio['ratio_of_medians']:.3f}** (paired {ratio['paired_median']:.3f}, "
+                         f"{ratio['paired_min']:.2f}-{ratio['paired_max']:.2f})")
+        cells.append(" / ".join(f"{summary[label]['ttft_p50_ms_median']:.0f}" for label in labels))
+        cells.append(" / ".join(f"{summary[label]['cpu_ms_per_token_median']:.1f}" for label in labels))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def default_gguf() -> Path:
+    from ollama_py import settings
+    from ollama_py.store import default_model
+    return Path(default_model.ensure(settings.load().cache))
+
+
+def default_llama_server() -> Path:
+    sys.path.insert(0, str(ROOT))
+    import build_backend  # the same pin and flags as the package's own build; cached after the first time
+    return Path(build_backend.build_llama_server())
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so the servers are stopped on the way out
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)  # also when started in the background, where SIGINT is ignored
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, required=True, help="ollama-py console script of the baseline")
+    parser.add_argument("--candidate", type=Path, default=ROOT / ".venv" / "bin" / "ollama-py")
+    parser.add_argument("--llama-server", type=Path, help="default: build_backend.build_llama_server()")
+    parser.add_argument("--no-llama-server", action="store_true", help="ollama-py against ollama-py only")
+    parser.add_argument("--model", type=Path, help="GGUF for llama-server; default: the default model's")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--ngl", type=int, default=0, help="layers on the GPU, every server")
+    parser.add_argument("--flash-attention", choices=("on", "off"), default="on")
+    parser.add_argument("--out", type=Path, help="every round, as JSON")
+    args = parser.parse_args()
+
+    llama_bin = gguf = None
+    if not args.no_llama_server:
+        llama_bin = args.llama_server or default_llama_server()
+        gguf = args.model or default_gguf()
+    scratch = Path(tempfile.mkdtemp(prefix="http-bench-"))
+    print(f"logs and stores under {scratch}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+          file=sys.stderr, flush=True)
+    results: dict[int, dict[str, Any]] = {}
+    raw: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
+                           "load_start": os.getloadavg()[0], "levels": {}}
+    labels: list[str] = []
+    for streams in args.streams:
+        servers = [ollama_py("baseline", args.baseline, args, streams, scratch),
+                   ollama_py("candidate", args.candidate, args, streams, scratch)]
+        if llama_bin is not None and gguf is not None:
+            servers.append(llama_server(llama_bin, gguf, args, streams, scratch))
+        labels = [s.label for s in servers]
+        try:
+            for s in servers:
+                print(f"streams {streams}: {s.label}: {' '.join(s.argv)}", file=sys.stderr, flush=True)
+                s.start()
+            asyncio.run(level(servers, streams, args))
+        finally:
+            for s in servers:
+                s.stop()
+                if "OLLAMA_MODELS" in s.env:  # a copy of the model per store: keep only the logs
+                    shutil.rmtree(s.env["OLLAMA_MODELS"], ignore_errors=True)
+        results[streams] = summarize(servers)
+        raw["levels"][str(streams)] = {"summary": results[streams],
+                                       "servers": {s.label: {"argv": s.argv, "rounds": s.rounds} for s in servers}}
+    raw["load_end"] = os.getloadavg()[0]
+    if args.out:
+        args.out.write_text(json.dumps(raw, indent=2))
+    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per stream, greedy, {args.ctx}-token context per "
+          f"slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
+          f"median of {args.rounds} interleaved rounds (min-max); {os.cpu_count()} CPUs, load "
+          f"{raw['load_start']:.1f} -> {raw['load_end']:.1f}\n")
+    print(table(results, labels))
+    short = {f"{st}/{label}": s["short_streams"] for st, summ in results.items() for label in labels
+             if (s := summ[label])["short_streams"]}
+    if short:
+        print(f"\nstreams that ended before {args.max_tokens} tokens (EOS): {short}")
+
+
+if __name__ == "__main__":
+    main()
