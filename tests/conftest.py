@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ollama_py import settings
 from ollama_py.llama.context import Context, ContextOptions
 from ollama_py.llama.model import Model
 from ollama_py.store import default_model
+from tests.server_harness import LiveServer, default_store, live_server, server_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,18 @@ def model(model_path: Path) -> Iterator[Model]:
 def ctx(model: Model) -> Iterator[Context]:
     with Context(model, ContextOptions(n_ctx=1024, n_batch=256, n_seq_max=1)) as context:
         yield context
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A live server on a fresh store holding the default model; a module may define its own instead."""
+    root = tmp_path_factory.mktemp("store")
+    cache = settings.load().cache
+    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client

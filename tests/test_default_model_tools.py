@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from ollama_py import settings
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import MODEL, LiveServer
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -26,18 +24,6 @@ PLAIN_CHATML = ("{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|i
                 "<|im_start|>assistant\n")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def _ndjson(response: httpx.Response) -> list[dict[str, Any]]:

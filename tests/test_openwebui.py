@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from ollama_py import settings
 from tests import openwebui_harness as owui
-from tests.server_harness import LiveServer, default_store, live_server, server_settings
 
 SHORT = 24  # tokens per answer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def short(body: dict[str, Any], *, openai: bool = False) -> dict[str, Any]:

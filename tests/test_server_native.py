@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -14,37 +13,21 @@ import httpx
 import ollama
 import pytest
 
-from ollama_py import settings
 from ollama_py.store import create
 from tests.server_harness import (
     MODEL,
     LiveServer,
-    default_store,
-    live_server,
-    server_settings,
 )
 from tests.test_shim import HERMES_TEMPLATE, WEATHER_TOOL
 
 GREEDY = {"temperature": 0, "num_predict": 12}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
-        yield live
-
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> ollama.Client:
     return ollama.Client(host=server.url)
 
-
-@pytest.fixture(scope="module")
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def lines(response: httpx.Response) -> list[dict[str, object]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,29 +11,11 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_py import settings
 from ollama_py.server.app import ROUTES
 from tests.server_harness import (
     MODEL,
     LiveServer,
-    default_store,
-    live_server,
-    server_settings,
 )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 def test_tokenize_and_detokenize_round_trip(http: httpx.Client) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any
 
 import msgspec
 
@@ -39,7 +39,7 @@ from ollama_py.llama.lib import native_log
 from ollama_py.llama.model import Model, ModelOptions
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", wire.Start, wire.Load, wire.Unload, wire.Embed, wire.Tokenize, wire.Detokenize)
+Call = wire.Start | wire.Load | wire.Unload | wire.Embed | wire.Tokenize | wire.Detokenize
 
 # Rendered and tokenized once at load, so that a template or vocabulary that crashes or hangs llama.cpp does
 # it while the model loads (and the server records the failure), not at some user's first request.
@@ -107,32 +107,25 @@ class _Host:
         self._flush_pending = False
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
+        calls: dict[type[wire.ToRunner], Callable[[Any], wire.ToServer]] = {
+            wire.Start: self._start, wire.Load: self._load, wire.Unload: self._unload, wire.Embed: self._embed,
+            wire.Tokenize: self._tokenize, wire.Detokenize: self._detokenize}
         while (body := await wire.read_frame_async(reader)) is not None:
             match wire.to_runner.decode(body):
-                case wire.Start() as start:
-                    self._call(self._start, start)
-                case wire.Load() as load:
-                    self._call(self._load, load)
-                case wire.Unload() as unload:
-                    self._call(self._unload, unload)
-                case wire.Embed() as embed:
-                    self._call(self._embed, embed)
-                case wire.Tokenize() as tokenize:
-                    self._call(self._tokenize, tokenize)
-                case wire.Detokenize() as detokenize:
-                    self._call(self._detokenize, detokenize)
                 case wire.Chat() as message:
                     self._streams[message.id] = asyncio.create_task(self._chat(message))
                 case wire.Cancel(id=request_id):
                     if (task := self._streams.get(request_id)) is not None:
                         task.cancel()
+                case call:
+                    self._call(calls[type(call)], call)
             self._schedule_flush()  # the stats changed: a request waits, or a model came or went
         for task in [*self._streams.values(), *self._tasks]:
             task.cancel()
         for hosted in self._hosted.values():
             await asyncio.to_thread(hosted.close)
 
-    def _call(self, work: Callable[[M], wire.ToServer], message: M) -> None:
+    def _call(self, work: Callable[[Any], wire.ToServer], message: Call) -> None:
         """Runs a blocking call in a thread, so streams go on meanwhile; its reply is one frame."""
 
         async def run() -> None:

@@ -610,6 +610,8 @@ def verify(blobs: BlobStore, digest: str) -> None:
     try:
         got = blobs.hash_file(path)
     except FileNotFoundError:
+        if blobs.exists(digest):
+            return  # another pull of the same blob verified and installed it meanwhile
         raise RegistryError(f"{expected}: the downloaded file disappeared before it was verified", 500) from None
     if got != expected:
         path.unlink(missing_ok=True)
@@ -619,13 +621,22 @@ def verify(blobs: BlobStore, digest: str) -> None:
 
 
 def install(blobs: BlobStore, digest: str) -> None:
-    """Renames a verified partial file to its blob name (hold the store's writing lock)."""
+    """Renames a verified partial file to its blob name (hold the store's writing lock).
+
+    That lock is shared by every writer, so two pulls of one blob may both get
+    here: the second finds the partial file gone and the blob in place.
+    """
     path = partial_path(blobs, digest)
     if blobs.exists(digest):
         path.unlink(missing_ok=True)
         return
-    os.chmod(path, 0o644)
-    os.replace(path, blobs.path(digest))
+    try:
+        os.chmod(path, 0o644)
+        os.replace(path, blobs.path(digest))
+    except FileNotFoundError:
+        if blobs.exists(digest):
+            return
+        raise
     fsync_dir(blobs.root)
 
 
