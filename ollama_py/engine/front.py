@@ -33,7 +33,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for a model now (bounded by OLLAMA_MAX_QUEUE)."""
+        """Requests waiting for a model to load now (with those waiting for a slot, bounded by OLLAMA_MAX_QUEUE)."""
         return self._scheduler.waiting
 
     def loaded(self) -> list[Loaded]:

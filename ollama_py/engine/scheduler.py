@@ -139,8 +139,13 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for a model now (bounded by OLLAMA_MAX_QUEUE)."""
+        """Requests waiting for a model to load now (with those waiting for a slot, bounded by OLLAMA_MAX_QUEUE)."""
         return self._waiting
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting now: for a model to load, or holding a model whose every slot is taken."""
+        return self._waiting + sum(max(0, e.refs - e.spec.runner.num_parallel) for e in self._models())
 
     def loaded(self) -> list[Loaded]:
         """The loaded models that can serve, longest remaining first (Ollama's /api/ps order).
@@ -155,8 +160,12 @@ class Scheduler:
 
     @asynccontextmanager
     async def acquire(self, name: str, spec: LoadSpec, keep_alive: float | None = None) -> AsyncIterator[Lease]:
-        """Holds the model loaded (loading it if needed) for the body of the `async with`."""
-        if self._waiting >= self._max_queue:
+        """Holds the model loaded (loading it if needed) for the body of the `async with`.
+
+        Raises Busy when OLLAMA_MAX_QUEUE requests wait already: for a model to load, or for a free slot of a
+        loaded one (a lease beyond the model's slots waits in its runner).
+        """
+        if self.queued >= self._max_queue:
             raise Busy()
         keep = self._default_keep_alive if keep_alive is None else keep_alive
         self._waiting += 1
