@@ -315,11 +315,6 @@ class ProcessRunner:
     def alive(self) -> bool:
         return self.link.dead is None
 
-    @property
-    def failure(self) -> str | None:
-        """Why the process died, once it has."""
-        return self.link.dead
-
     async def chat(self, job: wire.ChatJob) -> AsyncIterator[ChatEvent]:
         """Streams the answer, ending with ChatDone; closing the iterator early cancels the request.
 
