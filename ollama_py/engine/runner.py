@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
-import math
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
 
-from ollama_py.engine.sampling import sampler_config
+from ollama_py.engine.sampling import ReasoningGate, sampler_config
 from ollama_py.engine.stops import StopMatcher, TokenText
 from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, InvalidRequest,
                                     Logprob, PromptTooLong, Token, TokenLogprob)
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions, DecodeError
-from ollama_py.llama.lib import LlamaError
+from ollama_py.llama.lib import LlamaError, shim
 from ollama_py.llama.model import Model, Vocab
 from ollama_py.llama.sampler import GrammarError, SamplerChain
 
@@ -126,6 +126,7 @@ class _Job:
     admitted_ns: int
     text: TokenText = field(default_factory=TokenText)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    gate: ReasoningGate | None = None  # holds the grammar back while the model reasons
     next_token: int | None = None  # sampled, not yet decoded
     out_index: int = -1  # this step's logits row for the slot
     eval_count: int = 0
@@ -184,6 +185,8 @@ class Runner:
         # llama.cpp pads the context; a slot still holds only what was asked for.
         self.num_ctx: int = min(n_ctx, self._ctx.n_ctx_seq)
         self._vocab: Vocab = model.vocab
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._inbox: queue.SimpleQueue[_Submit | _Cancel | _Stop] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders "is the thread alive" against new submissions
         self._dead: str | None = None
@@ -329,24 +332,27 @@ class Runner:
             except LlamaError as exc:
                 self._post([(submit.stream, Failed(message=str(exc), invalid=isinstance(exc, GrammarError)))])
                 continue
+            request = submit.request
+            gate = None
+            if request.reasoning_tags is not None and sampler.has_grammar:
+                gate = ReasoningGate(*request.reasoning_tags, opened=request.reasoning_opened)
             slot.job = _Job(submit=submit, sampler=sampler, pending=list(prompt[keep:]),
                             prompt_eval_count=len(prompt) - keep, admitted_ns=time.monotonic_ns(),
-                            stops=StopMatcher(submit.request.sampling.stop))
+                            stops=StopMatcher(request.sampling.stop), gate=gate)
             log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
 
     def _sampler(self, request: GenerationRequest, prompt: tuple[int, ...]) -> SamplerChain:
         sampler = SamplerChain(self._vocab, sampler_config(request.sampling, request.grammar))
         # The repeat penalty looks back over the prompt too, as in Ollama and
-        # llama-server; a grammar must not see the prompt (only its own
-        # prefill), so with a grammar the penalty starts fresh.
+        # llama-server; the grammar sees only its own prefill (the generation
+        # prompt it starts with), never the prompt.
         last_n = request.sampling.repeat_last_n
-        if request.grammar is not None:
-            history: tuple[int, ...] = request.grammar_prefill
-        else:
-            history = prompt[-last_n:] if last_n > 0 else prompt if last_n < 0 else ()
+        history = prompt[-last_n:] if last_n > 0 else prompt if last_n < 0 else ()
         try:
             for token in history:
                 sampler.accept(token)
+            for token in request.grammar_prefill:
+                sampler.accept_grammar(token)
         except BaseException:
             sampler.close()
             raise
@@ -405,12 +411,13 @@ class Runner:
         if num_predict == 0:
             self._finish(slot, DoneReason.LENGTH, outbox)
             return
-        token = job.sampler.sample(self._ctx, job.out_index)
-        if self._vocab.is_eog(token):
+        token = self._next_token(job)
+        if self._is_eog(token):
             self._finish(slot, DoneReason.STOP, outbox)
             return
         job.eval_count += 1
-        piece = self._vocab.token_to_piece(token, special=token in request.special_tokens)
+        piece = self._vocab.token_to_piece(token, special=True) if token in request.special_tokens \
+            else self._piece(token)
         text, stopped = job.stops.feed(job.text.feed(piece))
         logprob = self._logprob(job.out_index, token, request.top_logprobs) if request.logprobs else None
         if text or logprob is not None:
@@ -421,6 +428,31 @@ class Runner:
             self._finish(slot, DoneReason.LENGTH, outbox)
         else:
             job.next_token = token
+
+    def _next_token(self, job: _Job) -> int:
+        """The slot's next token; while a reasoning gate holds the grammar back, sampled freely, and sampled
+        again under the grammar from the same logits when it turns out to start the answer."""
+        gate = job.gate
+        if gate is None or gate.done:
+            return job.sampler.sample(self._ctx, job.out_index)
+        token = job.sampler.sample(self._ctx, job.out_index, constrained=False, accept=False)
+        if gate.admit(self._piece(token).decode("utf-8", errors="replace")):
+            job.sampler.accept_sampled(token, constrained=False)
+            return token
+        return job.sampler.sample(self._ctx, job.out_index)
+
+    def _piece(self, token: int) -> bytes:
+        """A token's text (special tokens printed as nothing), remembered: the vocabulary never changes."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._vocab.token_to_piece(token)
+        return piece
+
+    def _is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = self._vocab.is_eog(token)
+        return eog
 
     def _finish(self, slot: _Slot, reason: DoneReason, outbox: list[tuple[_Stream, Event | Failed]],
                 flush: bool = True) -> None:
@@ -446,19 +478,21 @@ class Runner:
         slot.last_used = self._step
 
     def _logprob(self, index: int, token: int, top: int) -> Logprob:
-        """Log-probabilities under the model's own distribution, before any sampler reshapes it."""
-        logits = list(self._ctx.logits(index))
-        peak = max(logits)
-        log_total = peak + math.log(sum(math.exp(v - peak) for v in logits))
-        alternatives: Iterable[int] = ()
-        if top > 0:
-            alternatives = sorted(range(len(logits)), key=logits.__getitem__, reverse=True)[:top]
-        chosen = self._token_logprob(token, logits[token] - log_total)
-        return Logprob(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes,
-                       top_logprobs=tuple(self._token_logprob(t, logits[t] - log_total) for t in alternatives))
+        """Log-probabilities under the model's own distribution, before any sampler reshapes it (in C: a
+        log-softmax over the vocabulary is too slow for the runner thread in Python)."""
+        top = max(0, min(top, self._vocab.n_tokens))
+        chosen = ctypes.c_float()
+        ids = (capi.llama_token * max(top, 1))()
+        values = (ctypes.c_float * max(top, 1))()
+        n = shim().ollama_py_logprobs(self._ctx.ptr, index, token, top, ctypes.byref(chosen), ids, values)
+        if n < 0:
+            raise LlamaError(f"no logits for batch index {index}")
+        mine = self._token_logprob(token, chosen.value)
+        return Logprob(token=mine.token, logprob=mine.logprob, bytes=mine.bytes,
+                       top_logprobs=tuple(self._token_logprob(ids[i], values[i]) for i in range(n)))
 
     def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
-        piece = self._vocab.token_to_piece(token)
+        piece = self._piece(token)
         return TokenLogprob(token=piece.decode("utf-8", errors="replace"), logprob=logprob, bytes=tuple(piece))
 
     def _post(self, outbox: list[tuple[_Stream, Event | Failed]]) -> None:

@@ -26,3 +26,41 @@ def sampler_config(sampling: Sampling, grammar: Grammar | None = None) -> Sample
         seed=sampling.seed if sampling.seed >= 0 else capi.LLAMA_DEFAULT_SEED,
         grammar=grammar,
     )
+
+
+class ReasoningGate:
+    """Holds a format's grammar back while a thinking model reasons, as Ollama lets a model finish its
+    thoughts before constraining the answer.
+
+    Tokens are sampled freely until the answer starts: the closing tag ends the reasoning (the grammar
+    takes the token after it), and a first token that does not open any reasoning is the answer's first,
+    sampled again under the grammar from the same logits.
+    """
+
+    def __init__(self, opening: str, closing: str, *, opened: bool) -> None:
+        self._opening = opening
+        self._closing = closing
+        self._thinking = opened
+        self._tail = ""  # what may still grow into the opening (before) or closing (inside) tag
+        self.done = False
+
+    def admit(self, piece: str) -> bool:
+        """Whether a freely sampled token stands; False when it starts the answer (sample it again under the
+        grammar). After the token that closes the reasoning, `done` is set."""
+        text = self._tail + piece
+        if not self._thinking:
+            stripped = text.lstrip()
+            if not stripped or self._opening.startswith(stripped):
+                self._tail = text
+                return True
+            if not stripped.startswith(self._opening):
+                self.done = True
+                return False
+            self._thinking = True
+            text = stripped[len(self._opening):]
+        if self._closing in text:
+            self.done = True
+            self._tail = ""
+        else:
+            self._tail = text[-len(self._closing):]
+        return True

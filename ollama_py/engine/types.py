@@ -71,6 +71,10 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     # Special tokens printed as text rather than dropped: the markers a chat
     # format's parser needs to see (llama.cpp's "preserved tokens").
     special_tokens: frozenset[int] = frozenset()
+    # A thinking model's (opening, closing) reasoning tags: the grammar waits until the reasoning has
+    # ended; `reasoning_opened` when the prompt itself ends inside the opening tag.
+    reasoning_tags: tuple[str, str] | None = None
+    reasoning_opened: bool = False
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):

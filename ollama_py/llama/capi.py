@@ -383,4 +383,7 @@ SHIM_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "ollama_py_chat_apply": ([P, c_char_p, POINTER(P)], P),
     "ollama_py_chat_result_free": ([P], None),
     "ollama_py_chat_parse": ([P, c_char_p], P),
+    # The per-token hot path, without JSON: sampling by grammar rejection and log-probabilities.
+    "ollama_py_sample": ([P, P, P, i32], i32),
+    "ollama_py_logprobs": ([P, i32, i32, i32, POINTER(f32), PTok, POINTER(f32)], i32),
 }

@@ -1,5 +1,10 @@
 """Sampler chains in C: one per generating sequence, since a chain keeps state
-(penalty history, grammar position, RNG)."""
+(penalty history, grammar position, RNG).
+
+The grammar is kept out of the chain, as llama-server's common_sampler keeps
+it: the chain samples freely, the grammar checks only the chosen token, and
+only a rejected token costs a pass of the grammar over the whole vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import dataclass, field
 from ollama_py.llama import capi
 from ollama_py.llama.context import Context
 from ollama_py.llama.handle import Handle
-from ollama_py.llama.lib import LlamaError, llama
+from ollama_py.llama.lib import LlamaError, llama, shim
 from ollama_py.llama.model import Vocab
 
 
@@ -54,8 +59,12 @@ def _add(chain: int, sampler: int | None, what: str) -> None:
     llama().llama_sampler_chain_add(chain, sampler)
 
 
+class _GrammarSampler(Handle):
+    """The grammar beside a chain; the chain's closing frees it first."""
+
+
 class SamplerChain(Handle):
-    """A llama_sampler chain; the chain owns every sampler added to it."""
+    """A llama_sampler chain (which owns every sampler added to it) and the grammar beside it."""
 
     def __init__(self, vocab: Vocab, config: SamplerConfig) -> None:
         lib = llama()
@@ -64,7 +73,11 @@ class SamplerChain(Handle):
         chain = lib.llama_sampler_chain_init(params)
         super().__init__(chain, lib.llama_sampler_free, parent=vocab.model, what="sampler chain")
         self.config = config
+        self._grammar: _GrammarSampler | None = None
         try:
+            if config.grammar is not None:
+                self._grammar = _GrammarSampler(_grammar(vocab, config.grammar), lib.llama_sampler_free,
+                                                parent=self, what="grammar sampler")
             self._build(vocab, config)
         except BaseException:
             self.close()
@@ -74,8 +87,6 @@ class SamplerChain(Handle):
         lib = llama()
         chain = self.ptr
         seed = c.seed & 0xFFFFFFFF if c.seed >= 0 else capi.LLAMA_DEFAULT_SEED
-        if c.grammar is not None:
-            _add(chain, _grammar(vocab, c.grammar), "grammar")
         if c.logit_bias:
             biases = (capi.llama_logit_bias * len(c.logit_bias))(
                 *(capi.llama_logit_bias(tok, bias) for tok, bias in c.logit_bias.items()))
@@ -107,16 +118,41 @@ class SamplerChain(Handle):
         _add(chain, lib.llama_sampler_init_temp(c.temperature), "temperature")
         _add(chain, lib.llama_sampler_init_dist(seed), "dist")
 
-    def sample(self, ctx: Context, index: int) -> int:
-        """Samples from batch index `index` and accepts the token into the chain's state."""
-        return int(llama().llama_sampler_sample(self.ptr, ctx.ptr, index))
+    @property
+    def has_grammar(self) -> bool:
+        return self._grammar is not None
+
+    def sample(self, ctx: Context, index: int, *, constrained: bool = True, accept: bool = True) -> int:
+        """Samples from batch index `index`, under the grammar unless `constrained` is False, and accepts
+        the token into the chain (and the grammar, when it applied) unless `accept` is False."""
+        grammar = self._grammar.ptr if self._grammar is not None and constrained else None
+        token = int(shim().ollama_py_sample(self.ptr, grammar, ctx.ptr, index))
+        if token < 0:
+            raise LlamaError(f"nothing sampled from batch index {index} (no logits, or no sampler selected)")
+        if accept:
+            self.accept_sampled(token, constrained=constrained)
+        return token
+
+    def accept_sampled(self, token: int, *, constrained: bool = True) -> None:
+        """Takes a sampled token into the chain's state, and the grammar's when it applied."""
+        lib = llama()
+        if constrained and self._grammar is not None:
+            lib.llama_sampler_accept(self._grammar.ptr, token)
+        lib.llama_sampler_accept(self.ptr, token)
 
     def accept(self, token: int) -> None:
-        """Feeds a token the chain did not pick (a prompt token) into its history."""
+        """Feeds a token the chain did not pick (a prompt token) into its history; the grammar never sees it."""
         llama().llama_sampler_accept(self.ptr, token)
+
+    def accept_grammar(self, token: int) -> None:
+        """Feeds a token the grammar has already matched (a generation prompt the template wrote)."""
+        if self._grammar is not None:
+            llama().llama_sampler_accept(self._grammar.ptr, token)
 
     def reset(self) -> None:
         llama().llama_sampler_reset(self.ptr)
+        if self._grammar is not None:
+            llama().llama_sampler_reset(self._grammar.ptr)
 
     def names(self) -> list[str]:
         lib = llama()

@@ -11,6 +11,9 @@
 #include "json.h"
 #include "llama.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -27,6 +30,8 @@ namespace {
 struct apply_result {
     common_chat_params params;
     common_reasoning_format reasoning_format = COMMON_REASONING_FORMAT_NONE;
+    // Built on the first parse: loading the PEG parser costs more than most parses.
+    std::unique_ptr<common_chat_parser_params> parser;
 };
 
 char * dup_string(const std::string & s) {
@@ -199,17 +204,106 @@ SHIM_API void ollama_py_chat_result_free(void * handle) { delete static_cast<app
 
 // Splits generated text into content, reasoning and tool calls, using the
 // parser of the apply result. {"text": "...", "partial": false} -> message.
-SHIM_API char * ollama_py_chat_parse(const void * result_handle, const char * request) {
+SHIM_API char * ollama_py_chat_parse(void * result_handle, const char * request) {
     return guarded([&] {
-        const auto * result = static_cast<const apply_result *>(result_handle);
-        common_json req = common_json::parse(request);
-        common_chat_parser_params pp(result->params);
-        pp.reasoning_format = result->reasoning_format;
-        pp.parse_tool_calls = req.value("parse_tool_calls", true);
-        if (!result->params.parser.empty()) {
-            pp.parser.load(result->params.parser);
+        auto * result = static_cast<apply_result *>(result_handle);
+        if (!result->parser) {
+            auto pp = std::make_unique<common_chat_parser_params>(result->params);
+            pp->reasoning_format = result->reasoning_format;
+            if (!result->params.parser.empty()) {
+                pp->parser.load(result->params.parser);
+            }
+            result->parser = std::move(pp);
         }
+        common_json req = common_json::parse(request);
+        result->parser->parse_tool_calls = req.value("parse_tool_calls", true);
         const std::string text = req.at("text").get<std::string>();
-        return message_json(common_chat_parse(text, req.value("partial", false), pp));
+        return message_json(common_chat_parse(text, req.value("partial", false), *result->parser));
     });
+}
+
+namespace {
+
+// The row of logits as candidates, in token order; one buffer per thread, as only the runner thread samples.
+llama_token_data_array candidates(const float * logits, int32_t n_vocab) {
+    thread_local std::vector<llama_token_data> cur;
+    cur.resize(static_cast<size_t>(n_vocab));
+    for (int32_t i = 0; i < n_vocab; i++) {
+        cur[i] = llama_token_data{i, logits[i], 0.0f};
+    }
+    return llama_token_data_array{cur.data(), cur.size(), -1, false};
+}
+
+}  // namespace
+
+// Samples batch row `idx` with `chain` and, when `grammar` is not NULL, keeps the
+// token only if the grammar allows it; otherwise samples again with the grammar
+// applied to every candidate first (common_sampler's rejection sampling: the
+// grammar usually agrees, and checking one token costs far less than the whole
+// vocabulary). Nothing is accepted: the caller decides whether the token stands.
+// Returns -1 when there are no logits or the chain selected nothing.
+SHIM_API int32_t ollama_py_sample(llama_sampler * chain, llama_sampler * grammar, llama_context * ctx, int32_t idx) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        return -1;
+    }
+    const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    llama_token_data_array cur = candidates(logits, n_vocab);
+    llama_sampler_apply(chain, &cur);
+    if (cur.selected < 0) {
+        return -1;
+    }
+    llama_token id = cur.data[cur.selected].id;
+    if (grammar != nullptr) {
+        llama_token_data one = {id, 1.0f, 0.0f};
+        llama_token_data_array single = {&one, 1, -1, false};
+        llama_sampler_apply(grammar, &single);
+        if (one.logit == -INFINITY) {
+            cur = candidates(logits, n_vocab);
+            llama_sampler_apply(grammar, &cur);
+            llama_sampler_apply(chain, &cur);
+            if (cur.selected < 0) {
+                return -1;
+            }
+            id = cur.data[cur.selected].id;
+        }
+    }
+    return id;
+}
+
+// Log-probabilities of batch row `idx` under the model's own distribution
+// (a log-softmax of the raw logits): the chosen token's into *chosen, and the
+// `n_top` most likely tokens, best first, into top_ids / top_logprobs.
+// Returns how many top entries were written, or -1 without logits.
+SHIM_API int32_t ollama_py_logprobs(llama_context * ctx, int32_t idx, llama_token token, int32_t n_top,
+                                    float * chosen, llama_token * top_ids, float * top_logprobs) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        return -1;
+    }
+    const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    const float peak = *std::max_element(logits, logits + n_vocab);
+    double total = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        total += std::exp(static_cast<double>(logits[i]) - peak);
+    }
+    const double log_total = peak + std::log(total);
+    *chosen = (token >= 0 && token < n_vocab) ? static_cast<float>(logits[token] - log_total) : -INFINITY;
+    const int32_t n = std::clamp(n_top, 0, n_vocab);
+    if (n == 0) {
+        return 0;
+    }
+    thread_local std::vector<llama_token> order;
+    order.resize(static_cast<size_t>(n_vocab));
+    for (int32_t i = 0; i < n_vocab; i++) {
+        order[i] = i;
+    }
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), [logits](llama_token a, llama_token b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int32_t i = 0; i < n; i++) {
+        top_ids[i] = order[i];
+        top_logprobs[i] = static_cast<float>(logits[order[i]] - log_total);
+    }
+    return n;
 }
