@@ -137,7 +137,7 @@ async def bench_server(binary: Path, model: Path, streams: int, threads: int, ng
 
 async def bench_ours(model: Model, streams: int, threads: int, rounds: int) -> Run:
     options = RunnerOptions(num_ctx=NUM_CTX, num_parallel=streams, num_batch=512, num_thread=threads,
-                            flash_attention=True)
+                            flash_attention="on")
     with Runner(model, options) as runner:
         await ours_one(runner, model, 99)  # warm-up
         return await level(lambda i: ours_one(runner, model, i), streams, rounds)

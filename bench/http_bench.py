@@ -140,7 +140,7 @@ def ollama_py(label: str, binary: Path, args: argparse.Namespace, streams: int, 
     store = Path(tempfile.mkdtemp(prefix=f"store-{label}-{streams}-", dir=scratch))
     env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
            "OLLAMA_NUM_PARALLEL": str(streams), "OLLAMA_CONTEXT_LENGTH": str(args.ctx),
-           "OLLAMA_FLASH_ATTENTION": "1" if args.flash_attention == "on" else "0",
+           "OLLAMA_FLASH_ATTENTION": args.flash_attention,
            "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MAX_LOADED_MODELS": "1"}
     env.pop("OLLAMA_PY_API_KEYS", None)
     env.pop("OLLAMA_PY_API_KEYS_FILE", None)

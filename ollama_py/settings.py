@@ -26,6 +26,13 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected a boolean, got {raw!r}")
 
 
+def _flash_attention(raw: str) -> str:
+    """"auto" (on where the backend supports it, as llama-server decides), or a boolean as on / off."""
+    if raw.strip().lower() == "auto":
+        return "auto"
+    return "on" if _bool(raw) else "off"
+
+
 def _int(raw: str) -> int:
     return int(raw.strip())
 
@@ -95,7 +102,7 @@ class Settings:
     max_queue: int = 512
     origins: tuple[str, ...] = ()
     context_length: int = 4096
-    flash_attention: bool = False
+    flash_attention: str = "auto"
     kv_cache_type: str = "f16"
     noprune: bool = False
     debug: bool = False
@@ -130,7 +137,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_queue": ("OLLAMA_MAX_QUEUE", _int, "requests waiting before the server answers busy"),
     "origins": ("OLLAMA_ORIGINS", _list, "extra CORS origins, comma separated"),
     "context_length": ("OLLAMA_CONTEXT_LENGTH", _int, "default context length (num_ctx)"),
-    "flash_attention": ("OLLAMA_FLASH_ATTENTION", _bool, "use flash attention"),
+    "flash_attention": ("OLLAMA_FLASH_ATTENTION", _flash_attention,
+                        "flash attention: auto (where supported), 1 or 0; quantized KV caches need it"),
     "kv_cache_type": ("OLLAMA_KV_CACHE_TYPE", str.strip, "KV cache type: f16, q8_0 or q4_0"),
     "noprune": ("OLLAMA_NOPRUNE", _bool, "keep unused blobs when models are removed"),
     "debug": ("OLLAMA_DEBUG", _bool, "verbose logging"),

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ollama_py.engine.answer_stream import GoAnswer
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import TemplateError
 from ollama_py.engine.runner import Runner
@@ -112,6 +113,14 @@ def grammar_for_format(fmt: str | dict[str, Any] | None) -> Grammar | None:
     raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
 
 
+def _reasoning_first(chat: ChatRequest, tags: tuple[str, str] | None, prompt: str) -> dict[str, Any]:
+    """With a format on a model that thinks, the fields that hold the grammar back until the reasoning
+    ends, as Ollama lets the model think first and then constrains its answer."""
+    if chat.format in (None, "") or tags is None:
+        return {}
+    return {"reasoning_tags": tags, "reasoning_opened": prompt.rstrip().endswith(tags[0])}
+
+
 class ChatFormatter:
     """A model's chat templates (or a Jinja override) and what it can do with them."""
 
@@ -171,10 +180,12 @@ class ChatFormatter:
         sampling = chat.sampling
         if applied.additional_stops:
             sampling = msgspec.structs.replace(sampling, stop=sampling.stop + applied.additional_stops)
+        tags = applied.thinking_tags if chat.think is not False and applied.supports_thinking else None
         request = GenerationRequest(
             id=chat.id, prompt=tuple(prompt), sampling=sampling, grammar=grammar, truncate=chat.truncate,
             logprobs=chat.logprobs, top_logprobs=chat.top_logprobs,
-            special_tokens=self._single_tokens(applied.preserved_tokens), grammar_prefill=prefill)
+            special_tokens=self._single_tokens(applied.preserved_tokens), grammar_prefill=prefill,
+            **_reasoning_first(chat, tags, applied.prompt))
         return PreparedChat(request=request, applied=applied)
 
     def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int) -> PreparedChat:
@@ -199,7 +210,8 @@ class ChatFormatter:
         rendered, prompt = self._fit(chat, num_ctx, render)
         request = GenerationRequest(
             id=chat.id, prompt=tuple(prompt), sampling=chat.sampling, grammar=grammar, truncate=chat.truncate,
-            logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
+            logprobs=chat.logprobs, top_logprobs=chat.top_logprobs,
+            **_reasoning_first(chat, rendered.thinking_tags, rendered.prompt))
         return PreparedChat(request=request, applied=rendered)
 
     def _fit(self, chat: ChatRequest, num_ctx: int,
@@ -297,11 +309,14 @@ async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEven
     """Streams the answer to a prepared conversation.
 
     Content and reasoning come as deltas while the answer grows; tool calls
-    come whole, at the end, as Ollama sends them.
+    come whole, at the end, as Ollama sends them. Each token is read once
+    (plain content passes as it is; a Go template's answer goes through one
+    reader that keeps its place); only the end parses the whole answer.
     """
     raw: list[str] = []
     sent_content = sent_thinking = ""
     applied = prepared.applied
+    step = _stepper(applied)
     try:
         async with aclosing(runner.submit(prepared.request)) as events:
             async for event in events:
@@ -310,22 +325,15 @@ async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEven
                     message = _parse(applied, "".join(raw), partial=False) if applied else _Message(
                         "".join(raw), "", ())
                     content, thinking = message.content, message.reasoning
-                    tail_content = content[len(sent_content):] if content.startswith(sent_content) else ""
-                    tail_thinking = thinking[len(sent_thinking):] if thinking.startswith(sent_thinking) else ""
+                    tail_content = _extension(sent_content, content)
+                    tail_thinking = _extension(sent_thinking, thinking)
                     if tail_content or tail_thinking:
                         yield ChatDelta(content=tail_content, thinking=tail_thinking)
                     calls = tuple(c if c.id else ToolCall(c.name, c.arguments, _call_id()) for c in message.tool_calls)
                     yield ChatDone(done=event, content=content, thinking=thinking, tool_calls=calls)
                     return
                 assert isinstance(event, Token)
-                if applied is None:
-                    if event.text or event.logprob is not None:
-                        sent_content += event.text
-                        yield ChatDelta(content=event.text, thinking="", logprob=event.logprob)
-                    continue
-                message = _parse(applied, "".join(raw), partial=True)
-                new_content = _extension(sent_content, message.content)
-                new_thinking = _extension(sent_thinking, message.reasoning)
+                new_content, new_thinking = step(event.text, raw) if event.text else ("", "")
                 sent_content += new_content
                 sent_thinking += new_thinking
                 if new_content or new_thinking or event.logprob is not None:
@@ -333,6 +341,31 @@ async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEven
     finally:
         if applied is not None:
             applied.close()
+
+
+_Step = Callable[[str, list[str]], tuple[str, str]]
+
+
+def _stepper(applied: ChatApplied | RenderedPrompt | None) -> _Step:
+    """How one token's text becomes (content, reasoning) deltas for this answer."""
+    if applied is None or (isinstance(applied, ChatApplied) and applied.plain) or (
+            isinstance(applied, RenderedPrompt) and applied.thinking_tags is None and not applied.tool_names):
+        return lambda text, _raw: (text, "")
+    if isinstance(applied, RenderedPrompt):
+        reader = GoAnswer(applied)
+        return lambda text, _raw: reader.feed(text)
+    sent = ["", ""]
+
+    def reparse(_text: str, raw: list[str]) -> tuple[str, str]:
+        # llama.cpp's parsers read a whole answer (llama-server reads it again each token too); in C++
+        # with the parser loaded once, that costs little next to a decode.
+        message = _parse(applied, "".join(raw), partial=True)
+        content, thinking = _extension(sent[0], message.content), _extension(sent[1], message.reasoning)
+        sent[0] += content
+        sent[1] += thinking
+        return content, thinking
+
+    return reparse
 
 
 def _call_id() -> str:

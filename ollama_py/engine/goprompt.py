@@ -434,7 +434,7 @@ def parse_template(source: str) -> PromptTemplate:
 # Answers
 
 
-def _overlap(text: str, tag: str) -> int:
+def tag_overlap(text: str, tag: str) -> int:
     """How many characters at the end of text could be the start of tag."""
     for n in range(min(len(tag), len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -452,7 +452,7 @@ def split_thinking(text: str, opening: str, closing: str, *, partial: bool) -> t
     rest = trimmed[len(opening):].lstrip()
     end = rest.find(closing)
     if end < 0:
-        return (rest[:len(rest) - _overlap(rest, closing)] if partial else rest), ""
+        return (rest[:len(rest) - tag_overlap(rest, closing)] if partial else rest), ""
     return rest[:end], rest[end + len(closing):].lstrip()
 
 
@@ -562,7 +562,7 @@ def split_tool_calls(text: str, tag: str, names: Sequence[str], *,
     on is content yet; calls are only reported whole, at the end."""
     start = text.find(tag)
     if start < 0:
-        return (text[:len(text) - _overlap(text, tag)] if partial else text), ()
+        return (text[:len(text) - tag_overlap(text, tag)] if partial else text), ()
     before, buffer = text[:start], text[start:]
     if tag in ("{", "[") and before.strip():
         return text, ()  # prose that happens to hold JSON: Ollama stops looking for calls

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 
 _KV_TYPES = {"f16": capi.GGML_TYPE_F16, "q8_0": capi.GGML_TYPE_Q8_0, "q4_0": capi.GGML_TYPE_Q4_0}
+_FLASH_ATTENTION = {"auto": capi.FLASH_ATTN_AUTO, "on": capi.FLASH_ATTN_ENABLED, "off": capi.FLASH_ATTN_DISABLED}
+# Tokens one step may hold (llama-server's n_batch); num_batch, the micro-batch llama.cpp computes at once
+# (its n_ubatch), splits them. A larger step prefills a long prompt in fewer steps.
+_STEP_TOKENS = 2048
 
 
 class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -45,9 +49,9 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     num_ctx: int = 4096  # per slot, as Ollama counts it
     num_parallel: int = 4
-    num_batch: int = 512
-    num_thread: int = 0  # 0: every core
-    flash_attention: bool = True
+    num_batch: int = 512  # the micro-batch (llama.cpp's n_ubatch), as Ollama's num_batch
+    num_thread: int = 0  # 0: the physical cores
+    flash_attention: str = "auto"  # "auto", "on" or "off"
     kv_cache_type: str = "f16"
 
 
@@ -169,18 +173,26 @@ class Runner:
     def __init__(self, model: Model, options: RunnerOptions = RunnerOptions()) -> None:
         if options.kv_cache_type not in _KV_TYPES:
             raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
+        if options.flash_attention not in _FLASH_ATTENTION:
+            raise ValueError(f"flash attention {options.flash_attention!r}: expected one of {sorted(_FLASH_ATTENTION)}")
         self.model = model
         self.options = options
         n_ctx = min(options.num_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else options.num_ctx
-        self._capacity = max(options.num_batch, options.num_parallel)
-        kv = _KV_TYPES[options.kv_cache_type]
+        micro = max(options.num_batch, options.num_parallel)
+        self._capacity = max(micro, min(_STEP_TOKENS, n_ctx * options.num_parallel))
+        kv_type = options.kv_cache_type
+        if kv_type != "f16" and options.flash_attention == "off":
+            # As Ollama: a quantized cache needs flash attention, so without it the cache stays f16.
+            log.warning("KV cache type %s needs flash attention, which is off; using f16", kv_type)
+            kv_type = "f16"
+        kv = _KV_TYPES[kv_type]
         # One KV stream per slot (kv_unified off): each slot gets exactly num_ctx,
         # as in Ollama, and a slot's attention never sees another slot's cells,
         # so batching cannot change what a sequence computes.
         self._ctx = Context(model, ContextOptions(
-            n_ctx=n_ctx * options.num_parallel, n_batch=self._capacity, n_ubatch=self._capacity,
+            n_ctx=n_ctx * options.num_parallel, n_batch=self._capacity, n_ubatch=micro,
             n_seq_max=options.num_parallel, n_threads=options.num_thread, n_threads_batch=options.num_thread,
-            flash_attn=capi.FLASH_ATTN_ENABLED if options.flash_attention else capi.FLASH_ATTN_DISABLED,
+            flash_attn=_FLASH_ATTENTION[options.flash_attention],
             type_k=kv, type_v=kv, kv_unified=False))
         # llama.cpp pads the context; a slot still holds only what was asked for.
         self.num_ctx: int = min(n_ctx, self._ctx.n_ctx_seq)

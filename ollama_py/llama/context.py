@@ -9,12 +9,26 @@ import ctypes
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama
 from ollama_py.llama.model import Model
+
+
+def physical_cores() -> int:
+    """CPU cores without their hyperthread siblings, as llama-server counts threads: a sibling shares the
+    core's vector units, so a second thread on it only slows the matrix work down."""
+    cores: set[str] = set()
+    for siblings in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology/thread_siblings"):
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            continue
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(len(cores) or available, available))
 
 
 class DecodeError(LlamaError):
@@ -35,7 +49,7 @@ class ContextOptions:
     n_batch: int = 512
     n_ubatch: int = 512
     n_seq_max: int = 1
-    n_threads: int = 0  # 0: the CPU count
+    n_threads: int = 0  # 0: the physical cores
     n_threads_batch: int = 0
     embeddings: bool = False
     pooling: int = capi.POOLING_UNSPECIFIED
@@ -47,7 +61,7 @@ class ContextOptions:
 
     def to_c(self) -> capi.llama_context_params:
         params = llama().llama_context_default_params()
-        cpus = os.cpu_count() or 1
+        cpus = physical_cores()
         params.n_ctx = self.n_ctx
         params.n_batch = self.n_batch
         params.n_ubatch = min(self.n_ubatch, self.n_batch)

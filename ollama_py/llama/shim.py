@@ -4,6 +4,7 @@ with tools, output parsing, and JSON-schema grammars, as llama-server has them."
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,11 @@ import orjson
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, shim
 from ollama_py.llama.model import Model
+
+# Formats whose parser, without tools or reasoning, may give the answer back as it is, and answers to check
+# that it does.
+_PLAIN_FORMATS = frozenset({"Content-only", "peg-native"})
+_PROBES = ("Yes", " \n plain text, two lines\nand {braces} ", "")
 
 
 class ShimError(LlamaError):
@@ -53,8 +59,9 @@ class ParsedMessage:
 class ChatApplied(Handle):
     """A rendered prompt and what is needed to parse the model's answer to it."""
 
-    def __init__(self, ptr: int, info: dict[str, Any]) -> None:
+    def __init__(self, ptr: int, info: dict[str, Any], *, tools: bool = False) -> None:
         super().__init__(ptr, shim().ollama_py_chat_result_free, what="chat template result")
+        self.tools = tools
         self.prompt: str = info["prompt"]
         self.format: str = info["format"]
         self.grammar: str = info["grammar"]
@@ -65,6 +72,21 @@ class ChatApplied(Handle):
         self.additional_stops: tuple[str, ...] = tuple(info["additional_stops"])
         self.generation_prompt: str = info["generation_prompt"]
         self.supports_thinking: bool = info["supports_thinking"]
+        self.thinking_tags: tuple[str, str] | None = (
+            (info["thinking_start_tag"], info["thinking_end_tag"])
+            if info["thinking_start_tag"] and info["thinking_end_tag"] else None)
+
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Whether answers are content as they are: no tools to find, no reasoning to split off, and a parser
+        that gives text back unchanged (some formats wrap content in markers of their own)."""
+        if self.tools or self.supports_thinking or self.format not in _PLAIN_FORMATS:
+            return False
+        try:
+            return all(self.parse(probe, partial=partial).content == probe
+                       for probe in _PROBES for partial in (True, False))
+        except ShimError:
+            return False
 
     def parse(self, text: str, *, partial: bool = False, parse_tool_calls: bool = True) -> ParsedMessage:
         """Splits generated text into content, reasoning and tool calls."""
@@ -104,4 +126,4 @@ class ChatTemplates(Handle):
         }
         handle = ctypes.c_void_p()
         info = _call(shim().ollama_py_chat_apply, self.ptr, orjson.dumps(request), ctypes.byref(handle))
-        return ChatApplied(handle.value, info)
+        return ChatApplied(handle.value, info, tools=bool(tools))

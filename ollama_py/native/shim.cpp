@@ -195,6 +195,8 @@ SHIM_API char * ollama_py_chat_apply(const void * templates, const char * reques
         out["additional_stops"] = string_array(p.additional_stops);
         out["generation_prompt"] = p.generation_prompt;
         out["supports_thinking"] = p.supports_thinking;
+        out["thinking_start_tag"] = p.thinking_start_tag;
+        out["thinking_end_tag"] = p.thinking_end_tags.empty() ? std::string() : p.thinking_end_tags.front();
         *handle = result.release();
         return out;
     });
