@@ -96,10 +96,10 @@ def test_greedy_grammar_by_rejection_picks_what_grammar_first_picks(model: Model
 
 def test_sampled_output_under_a_grammar_stays_valid(model: Model, ctx: Context) -> None:
     prompt = list(chat_prompt(model, "Describe a person as JSON."))
-    for seed in (11, 12):
+    for seed in (11,):
         config = SamplerConfig(temperature=1.2, seed=seed, grammar=Grammar(gbnf=json_schema_to_grammar(SCHEMA)))
         with SamplerChain(model.vocab, config) as sampler:
-            tokens = list(generate_tokens(ctx, sampler, prompt, 200))
+            tokens = list(generate_tokens(ctx, sampler, prompt, 150))
         jsonschema.validate(json.loads(model.vocab.detokenize(tokens)), SCHEMA)
 
 

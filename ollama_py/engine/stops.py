@@ -19,6 +19,8 @@ class StopMatcher:
         On a stop, the stop string and whatever followed it are dropped, as
         Ollama and llama-server do.
         """
+        if not self._stops:
+            return text, False
         buffer = self._held + text
         cut = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
         if cut >= 0:
