@@ -456,6 +456,14 @@ def test_a_tagged_tool_call_comes_back_as_a_call() -> None:
     assert answer().parse("Let me check.\n<tool_", partial=True).content == "Let me check.\n"
 
 
+def test_a_call_followed_by_prose_is_still_a_call() -> None:
+    # The prose ends in "g", which could start "get_weather" were the answer still growing; it is not.
+    text = '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}]</tool_call>\n\nThe call is a string'
+    parsed = answer().parse(text)
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert parsed.content == ""
+
+
 def test_mistral_calls_in_a_list_and_arguments_as_text() -> None:
     text = ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
             '{"name": "get_time", "arguments": "{\\"zone\\": \\"CET\\"}"}]')

@@ -456,13 +456,13 @@ def split_thinking(text: str, opening: str, closing: str, *, partial: bool) -> t
     return rest[:end], rest[end + len(closing):].lstrip()
 
 
-def _find_tool(names: Sequence[str], buffer: str) -> tuple[str, int] | None:
-    """The earliest (then longest) tool name in the buffer and where it ends; None while the buffer ends in what
-    may still grow into a name."""
+def _find_tool(names: Sequence[str], buffer: str, *, partial: bool) -> tuple[str, int] | None:
+    """The earliest (then longest) tool name in the buffer and where it ends; None while a partial buffer ends in
+    what may still grow into a name (a whole answer's end grows no more: prose after a call may end in "g")."""
     if not buffer or not names:
         return None
     longest = max(len(n) for n in names)
-    for size in range(1, min(len(buffer), longest) + 1):
+    for size in range(1, min(len(buffer), longest) + 1 if partial else 0):
         tail = buffer[-size:]
         if any(len(tail) < len(n) and n.startswith(tail) for n in names):
             return None
@@ -567,7 +567,7 @@ def split_tool_calls(text: str, tag: str, names: Sequence[str], *,
     if tag in ("{", "[") and before.strip():
         return text, ()  # prose that happens to hold JSON: Ollama stops looking for calls
     calls: list[ToolCall] = []
-    while (tool := _find_tool(names, buffer)) is not None:
+    while (tool := _find_tool(names, buffer, partial=partial)) is not None:
         found = _find_arguments(tool[0], buffer)
         if found is None or found[0] is None:
             break
