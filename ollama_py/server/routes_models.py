@@ -7,10 +7,12 @@ a worker thread; the event loop keeps serving streams meanwhile.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -227,6 +229,17 @@ def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
                      messages=[Message(m.role, m.content) for m in req.messages or ()])
 
 
+def _on_this_machine(host: str) -> bool:
+    """A registry on loopback, which a create's pull may reach over plain http (Docker allows the same)."""
+    hostname = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 async def create_model(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.CreateRequest)
     name = models.parse_name(req.target)
@@ -237,10 +250,13 @@ async def create_model(request: web.Request) -> web.StreamResponse:
     modelfile = await asyncio.to_thread(_modelfile, svc.store, req)
 
     def work(progress: Progress, cancel: threading.Event) -> ModelName:
+        def pull(base: ModelName, relay: Progress | None) -> None:
+            _pull(svc.store, svc.settings, base, _on_this_machine(base.host), relay or progress, cancel)
+
         # An empty folder as the Modelfile's folder: nothing the request names can be a local file.
         with tempfile.TemporaryDirectory() as empty:
             return create.create(svc.store, name, modelfile, base_dir=Path(empty), progress=progress,
-                                 resolve_default=svc.settings)
+                                 resolve_default=svc.settings, pull=pull)
 
     updates = streaming.progress_from_thread(work)
     if req.stream:

@@ -34,6 +34,8 @@ DEFAULT_MODEL = "smollm2:135m"
 
 
 Progress = Callable[[ProgressUpdate], None]
+# Fetches a model the store lacks (a registry or Hugging Face pull), reporting in Ollama's words.
+Pull = Callable[[ModelName, Progress | None], object]
 
 
 class CreateError(ValueError):
@@ -106,6 +108,13 @@ def _emit(progress: Progress | None, status: str, **kw: int | str) -> None:
         progress(ProgressUpdate(status=status, **kw))  # type: ignore[arg-type]
 
 
+def _without_success(progress: Progress | None) -> Progress | None:
+    """A pull's or import's progress inside a create: its own "success" would end the create's stream early."""
+    if progress is None:
+        return None
+    return lambda update: None if update.status == "success" else progress(update)
+
+
 def _expand(path: str, base_dir: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir / p
@@ -162,12 +171,14 @@ def _base_params(store: Store, manifest: Manifest) -> dict[str, ParamValue]:
 
 
 def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path,
-           progress: Progress | None = None, resolve_default: Settings | None = None) -> ModelName:
+           progress: Progress | None = None, resolve_default: Settings | None = None,
+           pull: Pull | None = None) -> ModelName:
     """Builds `name` from a parsed Modelfile; returns the name as stored.
 
     FROM is a GGUF path (relative to `base_dir`, `~` expanded), one of this
     store's blob files, or a model in the store. With `resolve_default`, a FROM
-    of the default model imports it first when it is missing.
+    of the default model imports it first when it is missing; with `pull`, any
+    other model the store lacks is pulled first, as Ollama's create does.
     """
     _emit(progress, "gathering model components")
     source = _expand(modelfile.from_, base_dir)
@@ -184,9 +195,11 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
             base_name = names.parse(modelfile.from_)
         except names.InvalidNameError as exc:
             raise CreateError(f"FROM {modelfile.from_!r} is neither a file nor a model name: {exc}") from None
-        if store.resolve(base_name) is None and resolve_default is not None and \
-                base_name.same(names.parse(DEFAULT_MODEL)):
-            import_default(store, resolve_default, progress=progress)
+        if store.resolve(base_name) is None:
+            if resolve_default is not None and base_name.same(names.parse(DEFAULT_MODEL)):
+                import_default(store, resolve_default, progress=_without_success(progress))
+            elif pull is not None:
+                pull(base_name, _without_success(progress))
         try:
             base = store.read(base_name)
         except ModelNotFoundError:
