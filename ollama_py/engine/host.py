@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -152,7 +153,7 @@ class _Host:
     def _load(self, load: wire.Load) -> wire.Loaded:
         options = ModelOptions(n_gpu_layers=load.num_gpu, tensor_split=load.tensor_split or None)
         with placement.recording() as assigned:
-            model = Model(load.path, options)
+            model = Model(load.path, options, adapters=tuple(Path(a) for a in load.adapters))
         runner: Runner | None = None
         formatter: ChatFormatter | None = None
         try:

@@ -413,7 +413,8 @@ class ProcessBackend:
         try:
             loaded = link.call(lambda call: wire.Load(
                 call=call, model=number, path=str(spec.path), runner=spec.runner, num_gpu=num_gpu,
-                tensor_split=self._tensor_split if remote else (), template=spec.template),
+                tensor_split=self._tensor_split if remote else (), template=spec.template,
+                adapters=tuple(str(a) for a in spec.adapters)),
                 wire.Loaded, load_timeout=self._limits.load_timeout)
         except EngineError as exc:
             crashed = link.dead is not None

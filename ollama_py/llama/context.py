@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ollama_py.llama import capi
+from ollama_py.llama import adapter, capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama
@@ -74,6 +74,7 @@ class Context(Handle):
                              f"n_seq_max={opts.n_seq_max}); see the log for the reason")
         super().__init__(ptr, llama().llama_free, parent=model, what="context")
         self.model = model
+        adapter.apply(ptr, model.adapters)
         self.options = opts
         lib = llama()
         self.memory = lib.llama_get_memory(ptr)

@@ -244,8 +244,6 @@ async def create_model(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.CreateRequest)
     name = models.parse_name(req.target)
     record(request).model = name.display()
-    if req.quantize or req.quantization:
-        raise codec.BadRequest("quantize: quantizing is not supported; create from a GGUF already quantized")
     svc = services(request)
     modelfile = await asyncio.to_thread(_modelfile, svc.store, req)
 
@@ -256,7 +254,8 @@ async def create_model(request: web.Request) -> web.StreamResponse:
         # An empty folder as the Modelfile's folder: nothing the request names can be a local file.
         with tempfile.TemporaryDirectory() as empty:
             return create.create(svc.store, name, modelfile, base_dir=Path(empty), progress=progress,
-                                 resolve_default=svc.settings, pull=pull)
+                                 resolve_default=svc.settings, pull=pull, quantize=req.quantize or req.quantization,
+                                 cancel=cancel)
 
     updates = streaming.progress_from_thread(work)
     if req.stream:
