@@ -10,6 +10,7 @@ new blobs in between.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -226,14 +227,16 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
     `quantize` (a type such as q4_K_M), unquantized weights are quantized into a
     new blob; `cancel` stops that.
     """
-    with tempfile.TemporaryDirectory(prefix=".create-", dir=store.root) as scratch:
+    # Only a quantization needs room for a file that is not a blob yet.
+    scratch = tempfile.TemporaryDirectory(prefix=".create-", dir=store.root) if quantize else contextlib.nullcontext()
+    with scratch as folder:
         return _create(store, name, modelfile, base_dir=base_dir, progress=progress, resolve_default=resolve_default,
-                       pull=pull, quantize=quantize, cancel=cancel, scratch=Path(scratch))
+                       pull=pull, quantize=quantize, cancel=cancel, scratch=Path(folder) if folder else None)
 
 
 def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path, progress: Progress | None,
             resolve_default: Settings | None, pull: Pull | None, quantize: str, cancel: threading.Event | None,
-            scratch: Path) -> ModelName:
+            scratch: Path | None) -> ModelName:
     _emit(progress, "gathering model components")
     source = _expand(modelfile.from_, base_dir)
     base: Manifest | None = None
@@ -266,7 +269,7 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
         weights_info = model_info if model_info is not None else _read_gguf(_weights_path(store, base), "FROM")
         check_adapter(_read_gguf(path, "ADAPTER"), weights_info, path.name)
     quantized: Path | None = None
-    if quantize:
+    if quantize and scratch is not None:
         weights = source if model_info is not None else _weights_path(store, base)
         quantized = quantizing.quantized(weights, quantize, scratch, progress=progress, cancel=cancel)
 
