@@ -23,7 +23,7 @@ import msgspec
 
 from ollama_py.api.native import ProgressUpdate
 from ollama_py.settings import Settings
-from ollama_py.store import default_model, gguf, library, names
+from ollama_py.store import convert, default_model, gguf, library, names
 from ollama_py.store import quantize as quantizing
 from ollama_py.store.blobs import check_digest
 from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL,
@@ -227,8 +227,12 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
     `quantize` (a type such as q4_K_M), unquantized weights are quantized into a
     new blob; `cancel` stops that.
     """
-    # Only a quantization needs room for a file that is not a blob yet.
-    scratch = tempfile.TemporaryDirectory(prefix=".create-", dir=store.root) if quantize else contextlib.nullcontext()
+    # Only a conversion or a quantization needs room for a file that is not a blob yet.
+    converting = _expand(modelfile.from_, base_dir).is_dir()
+    if quantize or converting:
+        store.root.mkdir(parents=True, exist_ok=True)
+    scratch = (tempfile.TemporaryDirectory(prefix=".create-", dir=store.root) if quantize or converting
+               else contextlib.nullcontext())
     with scratch as folder:
         return _create(store, name, modelfile, base_dir=base_dir, progress=progress, resolve_default=resolve_default,
                        pull=pull, quantize=quantize, cancel=cancel, scratch=Path(folder) if folder else None)
@@ -241,9 +245,14 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
     source = _expand(modelfile.from_, base_dir)
     base: Manifest | None = None
     model_info: gguf.GGUFFile | None = None
-    if source.is_dir():
-        raise CreateError(f"FROM {modelfile.from_}: importing a folder (safetensors) is not supported; "
-                          "convert it to GGUF first")
+    if source.is_dir() and scratch is not None:
+        _emit(progress, "converting model")
+        converted = scratch / "converted.gguf"
+        try:
+            convert.convert(source, converted)
+        except convert.ConvertError as exc:
+            raise CreateError(f"FROM {modelfile.from_}: {exc}") from None
+        source = converted
     if source.is_file():
         _emit(progress, "parsing GGUF")
         model_info = _read_gguf(source, "FROM")
