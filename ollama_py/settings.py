@@ -80,6 +80,11 @@ def _duration(raw: str) -> float:
     return value * _SECONDS.get(unit, 1.0)
 
 
+def _age(raw: str) -> float:
+    """A duration that may be zero (none at all)."""
+    return 0.0 if raw.strip() in {"0", "0s"} else _duration(raw)
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -172,7 +177,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "runner_memory": ("OLLAMA_PY_RUNNER_MEMORY", _int,
                       "resident memory in bytes past which a runner process is stopped; 0: twice the model's "
                       "planned host memory plus 1 GiB"),
-    "prune_grace": ("OLLAMA_PY_PRUNE_GRACE", _duration,
+    "prune_grace": ("OLLAMA_PY_PRUNE_GRACE", _age,
                     "how long an unused blob or an unfinished write is left alone by the start-up prune, as "
                     "another server on the same store may still be using it (seconds or 1h)"),
     "shutdown_timeout": ("OLLAMA_PY_SHUTDOWN_TIMEOUT", _duration,

@@ -49,7 +49,13 @@ from typing import NamedTuple
 
 import msgspec
 
-from ollama_py.store.blobs import TEMP_PREFIX, BlobStore, check_digest, disk_full, fsync_dir
+from ollama_py.store.blobs import (
+    TEMP_PREFIX,
+    BlobStore,
+    check_digest,
+    disk_full,
+    fsync_dir,
+)
 
 log = logging.getLogger(__name__)
 
