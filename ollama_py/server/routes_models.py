@@ -89,10 +89,13 @@ def _parameters_text(parameters: Options) -> str:
 
 
 def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowResponse:
-    info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+    try:
+        info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+        modified_at = store.modified_at(model.name)
+        modelfile = create.to_modelfile(store, model.name)
+    except FileNotFoundError:  # removed since it was resolved: its manifest, or the blobs only it used
+        raise ModelNotFoundError(f"model '{model.asked}' not found") from None
     model_info = info.model_info()
-    modified_at = store.modified_at(model.name)  # raises ModelNotFoundError when removed meanwhile
-    modelfile = create.to_modelfile(store, model.name)
     return native.ShowResponse(
         license="\n".join(modelfile.licenses),
         modelfile=render(modelfile, generated_for=model.name.display()),

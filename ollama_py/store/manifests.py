@@ -260,14 +260,21 @@ class Store:
             raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
         return data
 
-    def read(self, name: ModelName) -> Manifest:
+    def _read_model(self, name: ModelName) -> tuple[ModelName, bytes]:
+        """The stored name and its manifest's bytes; ModelNotFoundError also when a delete wins the race."""
         stored = self._require(name)
-        path = self._file(stored)
-        return decode_manifest(self._read_file(path), where=f"the manifest of {stored.display()}")
+        try:
+            return stored, self._read_file(self._file(stored))
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"model '{name.display()}' not found") from None
+
+    def read(self, name: ModelName) -> Manifest:
+        stored, data = self._read_model(name)
+        return decode_manifest(data, where=f"the manifest of {stored.display()}")
 
     def read_bytes(self, name: ModelName) -> bytes:
         """The manifest file as stored: what a push sends, so the registry's digest is the local one."""
-        return self._read_file(self._file(self._require(name)))
+        return self._read_model(name)[1]
 
     def modified_at(self, name: ModelName) -> datetime:
         """When the model's manifest was written: `modified_at` in list and show."""
@@ -279,7 +286,7 @@ class Store:
 
     def manifest_digest(self, name: ModelName) -> str:
         """Hex sha256 of the manifest bytes: the ID column of `ollama list`."""
-        return hashlib.sha256(self._read_file(self._file(self._require(name)))).hexdigest()
+        return hashlib.sha256(self._read_model(name)[1]).hexdigest()
 
     def config(self, manifest: Manifest) -> ModelConfig:
         """The config blob; an empty config when it is missing, as a damaged store should still list."""
