@@ -29,11 +29,18 @@ import pytest
 
 from ollama_py import settings
 from ollama_py.server import models, routes_models
-from ollama_py.server.middleware import _DEFAULT_ORIGINS, Cors
+from ollama_py.server.middleware import DEFAULT_ORIGINS, Cors
 from ollama_py.store import names, transfer
 from ollama_py.store.blobs import OutsideStoreError
 from ollama_py.store.manifests import ModelNotFoundError, Store
-from tests.server_harness import GUARD, MODEL, LiveServer, live_server, server_settings, wait_for
+from tests.server_harness import (
+    GUARD,
+    MODEL,
+    LiveServer,
+    live_server,
+    server_settings,
+    wait_for,
+)
 from tests.test_registry_harness import FakeRegistry, free_port
 
 LIBRARY = Path("manifests/registry.ollama.ai/library")
@@ -212,7 +219,7 @@ def small_disk(folder: Path, size_mib: int) -> Iterator[Path]:
     """A tmpfs of its own, so that filling it fills nothing else (mounting needs root, as CI has)."""
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"a full disk needs a small filesystem, and mounting a tmpfs failed: {mounted.stderr.strip()}")
     try:
@@ -309,7 +316,7 @@ def test_a_port_wildcard_matches_a_port_only(http: httpx.Client) -> None:
     refused = http.get("/api/version", headers={"Origin": "http://localhost:1234.evil.example"})
     assert refused.status_code == 403 and "Access-Control-Allow-Origin" not in refused.headers
     cors = Cors(())
-    for pattern in _DEFAULT_ORIGINS:
+    for pattern in DEFAULT_ORIGINS:
         scheme, _, rest = pattern.partition("://")
         host = rest.removesuffix(":*")
         if rest.endswith(":*"):

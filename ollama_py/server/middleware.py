@@ -144,7 +144,7 @@ def host_allowlist(*, loopback_bind: bool, extra: Iterable[str]) -> Middleware:
 
 
 # Ollama's built-in origins: the local machine on any port, and desktop-app schemes.
-_DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
+DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
                          for scheme in ("http", "https") for port in ("", ":*")) + (
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
@@ -185,7 +185,7 @@ class Cors:
     """
 
     def __init__(self, origins: Iterable[str]) -> None:
-        self.patterns = tuple(origin_pattern(p) for p in (*_DEFAULT_ORIGINS, *origins))
+        self.patterns = tuple(origin_pattern(p) for p in (*DEFAULT_ORIGINS, *origins))
 
     def allowed(self, origin: str) -> bool:
         return any(p.fullmatch(origin.lower()) for p in self.patterns)
