@@ -80,6 +80,11 @@ def _duration(raw: str) -> float:
     return value * _SECONDS.get(unit, 1.0)
 
 
+def _age(raw: str) -> float:
+    """A duration that may be zero (none at all)."""
+    return 0.0 if raw.strip() in {"0", "0s"} else _duration(raw)
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -117,6 +122,9 @@ class Settings:
     runner_timeout: int = 300
     load_timeout: float = 300.0
     runner_memory: int = 0
+    prune_grace: float = 3600.0
+    shutdown_timeout: float = 10.0
+    listing_threads: int = 4
 
 
 # field -> (environment variable, parser, description)
@@ -169,6 +177,15 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "runner_memory": ("OLLAMA_PY_RUNNER_MEMORY", _int,
                       "resident memory in bytes past which a runner process is stopped; 0: twice the model's "
                       "planned host memory plus 1 GiB"),
+    "prune_grace": ("OLLAMA_PY_PRUNE_GRACE", _age,
+                    "how long an unused blob or an unfinished write is left alone by the start-up prune, as "
+                    "another server on the same store may still be using it (seconds or 1h)"),
+    "shutdown_timeout": ("OLLAMA_PY_SHUTDOWN_TIMEOUT", _duration,
+                         "on SIGTERM, how long in-flight requests may finish; unloading gets as long again, then "
+                         "the server exits even if worker threads are still busy (seconds or 1m)"),
+    "listing_threads": ("OLLAMA_PY_LISTING_THREADS", _int,
+                        "worker threads of their own for /api/tags, /api/show and /api/ps, so that they answer "
+                        "while generation keeps every other thread busy"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
@@ -213,4 +230,6 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
     settings = Settings(**values)
     if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
+    if settings.listing_threads < 1:
+        raise SettingsError(f"OLLAMA_PY_LISTING_THREADS={settings.listing_threads}: expected at least 1")
     return settings

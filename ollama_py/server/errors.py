@@ -16,7 +16,7 @@ from aiohttp import web
 from ollama_py.api import codec, openai
 from ollama_py.engine.scheduler import Busy
 from ollama_py.engine.types import EngineError
-from ollama_py.store.blobs import BlobNotFoundError
+from ollama_py.store.blobs import BlobNotFoundError, OutsideStoreError, disk_full
 from ollama_py.store.default_model import DefaultModelError
 from ollama_py.store.manifests import ModelNotFoundError
 from ollama_py.store.names import InvalidNameError
@@ -51,6 +51,10 @@ def classify(exc: BaseException) -> ApiError:
             return ApiError(404 if isinstance(exc, ModelNotFoundError) else 400, str(exc))
         case Busy():
             return ApiError(503, str(exc))
+        case OSError() if disk_full(exc):
+            return ApiError(507, f"not enough disk space in the model store: {exc.strerror}")
+        case OutsideStoreError():
+            return ApiError(403, str(exc))
         case codec.BadRequest() | InvalidNameError() | ValueError():
             return ApiError(400, str(exc))
         case EngineError() | DefaultModelError():

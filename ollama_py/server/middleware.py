@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import fnmatch
 import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -144,10 +144,36 @@ def host_allowlist(*, loopback_bind: bool, extra: Iterable[str]) -> Middleware:
 
 
 # Ollama's built-in origins: the local machine on any port, and desktop-app schemes.
-_DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
+DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
                          for scheme in ("http", "https") for port in ("", ":*")) + (
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+# What a `*` may stand for: in a port, digits; in a host, characters that cannot end the host or start a port,
+# a path or user info. So `http://localhost:*` is never `http://localhost:1234.evil.example`.
+_PORT_WILDCARD = "[0-9]+"
+_HOST_WILDCARD = r"[^/:@?#\s\[\]]*"
+
+
+def origin_pattern(pattern: str) -> re.Pattern[str]:
+    """An OLLAMA_ORIGINS entry as a regular expression matched against a whole Origin header.
+
+    `*` alone allows every origin, as in Ollama; otherwise a `*` stands for part of the host, or for the
+    port (digits only), never for both.
+    """
+    text = pattern.strip().lower()
+    if text == "*":
+        return re.compile(r".*", re.DOTALL)
+    scheme, sep, authority = text.rpartition("://")
+    if authority.startswith("["):  # an IPv6 address: the port comes after the bracket
+        host, _, rest = authority.partition("]")
+        host, port = host + "]", rest[1:] if rest.startswith(":") else None
+    else:
+        host, colon, port_text = authority.partition(":")
+        port = port_text if colon else None
+    regex = (re.escape(scheme) + re.escape(sep) + _HOST_WILDCARD.join(re.escape(part) for part in host.split("*")))
+    if port is not None:
+        regex += ":" + _PORT_WILDCARD.join(re.escape(part) for part in port.split("*"))
+    return re.compile(regex)
 
 
 class Cors:
@@ -159,10 +185,10 @@ class Cors:
     """
 
     def __init__(self, origins: Iterable[str]) -> None:
-        self.patterns = tuple(p.lower() for p in (*_DEFAULT_ORIGINS, *origins))
+        self.patterns = tuple(origin_pattern(p) for p in (*DEFAULT_ORIGINS, *origins))
 
     def allowed(self, origin: str) -> bool:
-        return any(fnmatch.fnmatchcase(origin.lower(), p) for p in self.patterns)
+        return any(p.fullmatch(origin.lower()) for p in self.patterns)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

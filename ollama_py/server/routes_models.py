@@ -1,7 +1,9 @@
 """Ollama's model routes: /api/tags, /api/show, /api/ps, /api/copy, /api/delete, /api/create, /api/blobs.
 
 The store is synchronous and touches the disk, so every call into it runs in
-a worker thread; the event loop keeps serving streams meanwhile.
+a worker thread; the event loop keeps serving streams meanwhile. The listing
+routes (tags, show, ps) use threads of their own (`services.listing`), so
+that they answer while generation keeps the shared ones busy.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from aiohttp import StreamReader, web
 from ollama_py.api import codec, native
 from ollama_py.api.options import Options
 from ollama_py.engine.scheduler import Loaded
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import models, streaming
 from ollama_py.server.models import ResolvedModel, model_details
-from ollama_py.server.services import record, services
+from ollama_py.server.services import listing, record, services
 from ollama_py.settings import Settings
 from ollama_py.store import create, gguf, huggingface, names, registry
 from ollama_py.store.blobs import check_digest
@@ -73,7 +75,7 @@ def _list(store: Store) -> native.ListResponse:
 
 
 async def tags(request: web.Request) -> web.StreamResponse:
-    return streaming.json(await asyncio.to_thread(_list, services(request).store))
+    return streaming.json(await listing(request, _list, services(request).store))
 
 
 # ---- /api/show ----------------------------------------------------------------------
@@ -89,10 +91,13 @@ def _parameters_text(parameters: Options) -> str:
 
 
 def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowResponse:
-    info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+    try:
+        info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+        modified_at = store.modified_at(model.name)
+        modelfile = create.to_modelfile(store, model.name)
+    except FileNotFoundError:  # removed since it was resolved: its manifest, or the blobs only it used
+        raise ModelNotFoundError(f"model '{model.asked}' not found") from None
     model_info = info.model_info()
-    stored = next(m for m in store.models() if m.name.same(model.name))
-    modelfile = create.to_modelfile(store, model.name)
     return native.ShowResponse(
         license="\n".join(modelfile.licenses),
         modelfile=render(modelfile, generated_for=model.name.display()),
@@ -103,13 +108,15 @@ def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowRespo
         messages=[native.ResponseMessage(role=m.role, content=m.content) for m in model.messages] or None,
         model_info=model_info,
         capabilities=models.capabilities(model),
-        modified_at=_rfc3339(stored.modified_at))
+        modified_at=_rfc3339(modified_at))
 
 
 async def show(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.ShowRequest)
-    model = await inference.resolve(request, req.target)
-    return streaming.json(await asyncio.to_thread(_show, services(request).store, model, req.verbose))
+    svc = services(request)
+    model = await listing(request, models.resolve, svc.store, svc.settings, req.target)
+    record(request).model = model.name.display()
+    return streaming.json(await listing(request, _show, svc.store, model, req.verbose))
 
 
 # ---- /api/ps ------------------------------------------------------------------------
@@ -141,7 +148,7 @@ async def ps(request: web.Request) -> web.StreamResponse:
     now = asyncio.get_running_loop().time()
     # A model in use shows when it would expire if its requests ended now, as Ollama does.
     loaded = [(e, e.keep_alive if math.isinf(e.expires_at) else e.expires_at - now) for e in svc.engine.loaded()]
-    found = await asyncio.to_thread(lambda: [_process(svc.store, e, left) for e, left in loaded])
+    found = await listing(request, lambda: [_process(svc.store, e, left) for e, left in loaded])
     return streaming.json(native.ProcessResponse(models=found))
 
 
