@@ -22,8 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine import limits as work_limits
+from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import LimitExceeded, Limits, TemplateError
 from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.runner import Runner
@@ -112,16 +112,16 @@ def grammar_for_format(fmt: str | dict[str, Any] | None,
         return None
     if fmt == "json":
         return Grammar(gbnf=json_schema_to_grammar(_JSON_OBJECT))
-    if not isinstance(fmt, dict):
-        raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
-    try:
-        gbnf = json_schema_to_grammar(fmt)
-    except (ShimError, TypeError, OverflowError) as exc:  # TypeError: a number JSON cannot carry to C++
-        raise ValueError(f"invalid JSON schema in format: {exc}") from None
-    if len(gbnf) > max_bytes:
-        raise ValueError(f"the JSON schema in format makes a grammar of {len(gbnf)} bytes, more than this server "
-                         f"allows ({max_bytes}, {work_limits.GRAMMAR_SETTING})")
-    return Grammar(gbnf=gbnf)
+    if isinstance(fmt, dict):
+        try:
+            gbnf = json_schema_to_grammar(fmt)
+        except (ShimError, TypeError, OverflowError) as exc:  # TypeError: a number JSON cannot carry to C++
+            raise ValueError(f"invalid JSON schema in format: {exc}") from None
+        if len(gbnf) > max_bytes:
+            raise ValueError(f"the JSON schema in format makes a grammar of {len(gbnf)} bytes, more than this "
+                             f"server allows ({max_bytes}, {work_limits.GRAMMAR_SETTING})")
+        return Grammar(gbnf=gbnf)
+    raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
 
 
 def _droppable_turns(messages: list[dict[str, Any]]) -> list[list[int]]:

@@ -361,6 +361,9 @@ def thinking_tags(nodes: Sequence[Node]) -> tuple[str, str]:
 # Rendering
 
 
+_UNBOUNDED = Limits()
+
+
 class PromptTemplate:
     """A model's Go template, parsed once, with what Ollama reads from it: whether it takes tools, a suffix or
     thinking, and the tags its answers use."""
@@ -391,7 +394,7 @@ class PromptTemplate:
         return self.thinking_tags is not None
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = (), *,
-               think: bool | None = None, prompt: str = "", suffix: str = "", limits: Limits = Limits()) -> str:
+               think: bool | None = None, prompt: str = "", suffix: str = "", limits: Limits = _UNBOUNDED) -> str:
         """The prompt, as Ollama's template.Execute writes it, each execution within `limits`.
 
         Raises TemplateError (a ValueError), LimitExceeded when an execution stops at a limit.
