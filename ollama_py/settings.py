@@ -183,7 +183,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "template_max_steps": ("OLLAMA_PY_TEMPLATE_MAX_STEPS", _int,
                            "actions and loop turns one rendering of a Go template may take"),
     "template_max_output": ("OLLAMA_PY_TEMPLATE_MAX_OUTPUT", _int,
-                            "characters one rendering of a Go template may write (or make as one value)"),
+                            "characters one rendering of a Go template may write (or make as one value); keep it "
+                            "above OLLAMA_PY_MAX_PROMPT_BYTES"),
     "template_timeout": ("OLLAMA_PY_TEMPLATE_TIMEOUT", _duration,
                          "how long rendering a request's prompt may take; a Go template stops there, and a runner "
                          "process whose Jinja template overruns it twice over is restarted"),

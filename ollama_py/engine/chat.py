@@ -238,7 +238,7 @@ class ChatFormatter:
                 text = template.render(messages, chat.tools, think=think, limits=limits)
             except LimitExceeded as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: "
-                                 f"{work_limits.describe(exc, self.limits)}") from None
+                                 f"{work_limits.describe(exc)}") from None
             except TemplateError as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
             return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags if think else None,
@@ -335,7 +335,7 @@ class ChatFormatter:
             text = template.render((), prompt=prompt, suffix=suffix, think=chat.think, limits=limits)
         except LimitExceeded as exc:
             raise ValueError(f"cannot render the prompt with the model's template: "
-                             f"{work_limits.describe(exc, self.limits)}") from None
+                             f"{work_limits.describe(exc)}") from None
         except TemplateError as exc:
             raise ValueError(f"cannot render the prompt with the model's template: {exc}") from None
         tokens = self.model.vocab.tokenize(text, add_special=True, parse_special=True)

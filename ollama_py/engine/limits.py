@@ -42,11 +42,9 @@ class WorkLimits(msgspec.Struct, frozen=True, kw_only=True):
 DEFAULT = WorkLimits.from_settings(Settings())
 
 
-def describe(exc: LimitExceeded, limits: WorkLimits) -> str:
+def describe(exc: LimitExceeded) -> str:
     """The refusal for a rendering stopped at a limit, naming the setting."""
     setting = _TEMPLATE_SETTING.get(exc.limit)
     if setting is None:
         return str(exc)
-    value = {"steps": limits.template_max_steps, "output": limits.template_max_output,
-             "time": f"{limits.template_timeout:g}s"}[exc.limit]
-    return f"{exc} (the limit is {value}, {setting})"
+    return f"{exc} ({setting})"
