@@ -125,6 +125,17 @@ class Settings:
     prune_grace: float = 3600.0
     shutdown_timeout: float = 10.0
     listing_threads: int = 4
+    template_max_steps: int = 500_000
+    template_max_output: int = 16 << 20
+    template_timeout: float = 10.0
+    max_messages: int = 2048
+    max_prompt_bytes: int = 4 << 20
+    max_stop: int = 64
+    max_stop_length: int = 1024
+    max_schema_bytes: int = 64 << 10
+    max_schema_depth: int = 32
+    max_grammar_bytes: int = 256 << 10
+    max_embed_inputs: int = 2048
 
 
 # field -> (environment variable, parser, description)
@@ -186,6 +197,25 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "listing_threads": ("OLLAMA_PY_LISTING_THREADS", _int,
                         "worker threads of their own for /api/tags, /api/show and /api/ps, so that they answer "
                         "while generation keeps every other thread busy"),
+    "template_max_steps": ("OLLAMA_PY_TEMPLATE_MAX_STEPS", _int,
+                           "actions and loop turns one rendering of a Go template may take"),
+    "template_max_output": ("OLLAMA_PY_TEMPLATE_MAX_OUTPUT", _int,
+                            "characters one rendering of a Go template may write (or make as one value); keep it "
+                            "above OLLAMA_PY_MAX_PROMPT_BYTES"),
+    "template_timeout": ("OLLAMA_PY_TEMPLATE_TIMEOUT", _duration,
+                         "how long rendering a request's prompt may take; a Go template stops there, and a runner "
+                         "process whose Jinja template overruns it twice over is restarted"),
+    "max_messages": ("OLLAMA_PY_MAX_MESSAGES", _int, "most messages one chat request may carry"),
+    "max_prompt_bytes": ("OLLAMA_PY_MAX_PROMPT_BYTES", _int,
+                         "most bytes of text (prompt, system, suffix, messages, template, embedding inputs) "
+                         "one request may carry"),
+    "max_stop": ("OLLAMA_PY_MAX_STOP", _int, "most stop strings one request may give"),
+    "max_stop_length": ("OLLAMA_PY_MAX_STOP_LENGTH", _int, "longest stop string, in characters"),
+    "max_schema_bytes": ("OLLAMA_PY_MAX_SCHEMA_BYTES", _int, "largest JSON schema in `format`, as JSON bytes"),
+    "max_schema_depth": ("OLLAMA_PY_MAX_SCHEMA_DEPTH", _int, "deepest nesting of a JSON schema in `format`"),
+    "max_grammar_bytes": ("OLLAMA_PY_MAX_GRAMMAR_BYTES", _int,
+                          "largest grammar a `format` schema may turn into, in bytes of GBNF"),
+    "max_embed_inputs": ("OLLAMA_PY_MAX_EMBED_INPUTS", _int, "most inputs one embedding request may carry"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

@@ -7,7 +7,6 @@ message list only loads the model, or unloads it with keep_alive 0.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from ollama_py.api.options import Options, Think
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatRequest
 from ollama_py.engine.types import Logprob
 from ollama_py.llama.shim import ToolCall
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import bounds, inference, models, streaming
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import record, services
 
@@ -113,7 +112,7 @@ async def _generate_chunks(request: web.Request, req: native.GenerateRequest, mo
                        template=req.template)
     prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
                               suffix=req.suffix)
-    await asyncio.to_thread(models.require, model, *inference.needs(chat, prompt))
+    await inference.admit(request, model, chat, prompt)
     async with inference.hold(request, model, req.options, keep_alive) as held:
         # `context` (deprecated, not sent in raw mode): the conversation so far as tokens, before the new prompt.
         job = inference.prompt_job(held, chat, prompt, context=tuple(req.context or ()), return_context=not req.raw)
@@ -208,6 +207,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.TokenizeRequest)
+    bounds.text(services(request).settings, req.text)
     model = await inference.resolve(request, req.model)
     async with inference.hold(request, model, req.options, models.keep_alive(req.keep_alive)) as held:
         tokens = await held.runner.tokenize(req.text, add_special=req.add_special)
