@@ -170,9 +170,7 @@ def _busy_slots(http: httpx.Client) -> float:
                if line.startswith("ollama_py_slots_busy{"))
 
 
-# /api/chat is left out: in one run its abandoned, schema-constrained request kept its slot past 300s on a
-# loaded machine while /api/generate's freed at once; reported to be looked into, not hidden behind a pass.
-@pytest.mark.parametrize("route", ["/api/generate"])
+@pytest.mark.parametrize("route", ["/api/generate", "/api/chat"])
 def test_generation_stops_when_the_client_leaves(server: LiveServer, http: httpx.Client, route: str) -> None:
     # The schema forbids an early end: only the client leaving can end this request before its context does.
     body = {"model": MODEL, "stream": False, "format": {"type": "string", "minLength": 1500},

@@ -111,6 +111,7 @@ class _Host:
     def __init__(self, writer: asyncio.StreamWriter, limits: WorkLimits) -> None:
         self._writer = writer
         self._limits = limits
+        self._loop = asyncio.get_running_loop()
         self._hosted: dict[int, _Hosted] = {}
         self._streams: dict[int, asyncio.Task[None]] = {}
         self._cancels: dict[int, threading.Event] = {}  # per call in progress: set when the server cancels it
@@ -174,7 +175,7 @@ class _Host:
         runner: Runner | None = None
         formatter: ChatFormatter | None = None
         try:
-            runner = Runner(model, load.runner)
+            runner = Runner(model, load.runner, on_cancelled=self._stats_changed)
             formatter = ChatFormatter(model, load.template, self._limits)
             probe = formatter.prepare(_PROBE, runner.num_ctx)
             if probe.applied is not None:
@@ -267,6 +268,10 @@ class _Host:
         log.error("a prompt rendering ran past %gs and cannot be stopped; exiting so the model starts afresh",
                   overrun)
         os._exit(EXIT_RENDER_OVERRUN)
+
+    def _stats_changed(self) -> None:
+        """From a runner thread: a slot freed without an event, so the server's view of it is stale."""
+        self._loop.call_soon_threadsafe(self._schedule_flush)
 
     def _schedule_flush(self) -> None:
         if not self._flush_pending:

@@ -165,7 +165,10 @@ async def events_until_done(pending: asyncio.Queue[E | Failed], abandon: Callabl
 class Runner:
     """Serves one model to many concurrent requests on a thread of its own."""
 
-    def __init__(self, model: Model, options: RunnerOptions = RunnerOptions()) -> None:
+    def __init__(self, model: Model, options: RunnerOptions = RunnerOptions(),
+                 on_cancelled: Callable[[], None] = lambda: None) -> None:
+        """`on_cancelled` is called on the runner thread when a cancel freed a slot or a place in the queue:
+        no event tells anyone else, and whoever reports `stats()` must hear of it."""
         if options.kv_cache_type not in _KV_TYPES:
             raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
         self.model = model
@@ -190,6 +193,7 @@ class Runner:
         self._slots = [_Slot(seq) for seq in range(options.num_parallel)]
         self._waiting: deque[_Submit] = deque()
         self._step = 0
+        self._on_cancelled = on_cancelled
         self._thread = threading.Thread(target=self._run, name=f"runner {model.path.name}", daemon=True)
         self._thread.start()
 
@@ -295,6 +299,7 @@ class Runner:
                     self._waiting.append(message)
                 case _Cancel(stream):
                     self._cancel(stream)
+                    self._on_cancelled()
                 case _Stop():
                     return False
 
