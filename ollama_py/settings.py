@@ -117,6 +117,9 @@ class Settings:
     runner_timeout: int = 300
     load_timeout: float = 300.0
     runner_memory: int = 0
+    responses_max: int = 1000
+    responses_max_bytes: int = 64 << 20
+    responses_max_age: float = 3600.0
 
 
 # field -> (environment variable, parser, description)
@@ -169,6 +172,13 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "runner_memory": ("OLLAMA_PY_RUNNER_MEMORY", _int,
                       "resident memory in bytes past which a runner process is stopped; 0: twice the model's "
                       "planned host memory plus 1 GiB"),
+    "responses_max": ("OLLAMA_PY_RESPONSES_MAX", _int,
+                      "most /v1/responses answers kept in memory for previous_response_id and GET /v1/responses/{id} "
+                      "(0: none kept)"),
+    "responses_max_bytes": ("OLLAMA_PY_RESPONSES_MAX_BYTES", _int,
+                            "most bytes of kept /v1/responses answers and their conversations; the oldest go first"),
+    "responses_max_age": ("OLLAMA_PY_RESPONSES_MAX_AGE", _duration,
+                          "how long a /v1/responses answer is kept (seconds or 1h)"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

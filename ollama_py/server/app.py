@@ -16,7 +16,7 @@ from dataclasses import fields
 from aiohttp import web
 
 from ollama_py import __version__
-from ollama_py.api import anthropic, native, openai
+from ollama_py.api import anthropic, native, openai, responses
 from ollama_py.cluster import probe
 from ollama_py.engine.backend import RunnerBackend
 from ollama_py.engine.supervisor import ProcessBackend
@@ -28,6 +28,7 @@ from ollama_py.server import (
     routes_native,
     routes_openai,
     routes_ops,
+    routes_responses,
 )
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import (
@@ -101,6 +102,12 @@ ROUTES: tuple[Route, ...] = (
           anthropic.MessageResponse, _SSE),
     Route("POST", "/v1/messages/count_tokens", routes_anthropic.count_tokens, R,
           "Anthropic token count of a conversation", anthropic.CountTokensRequest, anthropic.CountTokensResponse),
+    Route("POST", "/v1/responses", routes_responses.create, R, "OpenAI responses", responses.ResponseRequest,
+          responses.Response, _SSE),
+    Route("GET", "/v1/responses/{response_id}", routes_responses.get, R, "A kept response, by id",
+          response=responses.Response),
+    Route("DELETE", "/v1/responses/{response_id}", routes_responses.delete, R, "Forgets a kept response",
+          response=responses.Deleted),
     Route("GET", "/health", routes_ops.health, P, "Liveness, ollama-py's version and the loaded model count",
           response=native.HealthResponse),
     Route("GET", "/metrics", routes_ops.metrics, R, "Prometheus metrics"),

@@ -7,6 +7,7 @@ time) and read once at the end by the access log and the metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from ollama_py.engine.front import Engine
 from ollama_py.server.metrics import Metrics
+from ollama_py.server.response_store import ResponseStore
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
 
@@ -26,6 +28,11 @@ class Services:
     metrics: Metrics
     # Set while shutting down once in-flight streams have had most of their time: each then ends cleanly.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @functools.cached_property
+    def responses(self) -> ResponseStore:
+        """Recent /v1/responses answers, for previous_response_id; made on first use, from the settings."""
+        return ResponseStore.from_settings(self.settings)
 
 
 SERVICES = web.AppKey("services", Services)
