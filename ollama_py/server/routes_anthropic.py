@@ -13,7 +13,7 @@ Errors have Anthropic's shape (errors.py).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -213,7 +213,7 @@ class _Blocks:
 
 
 async def _stream(events: AsyncGenerator[ChatEvent, None], start: anthropic.MessageResponse,
-                  stops: list[str]) -> AsyncIterator[anthropic.StreamEvent]:
+                  stops: list[str]) -> AsyncGenerator[anthropic.StreamEvent, None]:
     async with aclosing(events) as answer:
         first = await anext(answer)  # a refusal (unknown model, busy, ...) comes before anything is sent
         yield anthropic.MessageStart(start)

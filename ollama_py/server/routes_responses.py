@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -243,7 +243,7 @@ Finish = Callable[[ChatDone, list[responses.OutputItem], str, str], responses.Re
 
 
 async def _stream(events: AsyncGenerator[ChatEvent, None], start: responses.Response, seq: _Numbers,
-                  finish: Finish) -> AsyncIterator[responses.StreamEvent]:
+                  finish: Finish) -> AsyncGenerator[responses.StreamEvent, None]:
     async with aclosing(events) as answer:
         first = await anext(answer)  # a refusal (unknown model, busy, ...) comes before anything is sent
         yield responses.ResponseCreated(sequence_number=seq(), response=start)
