@@ -15,6 +15,7 @@ import pytest
 from ollama_py import settings
 from tests.server_harness import (
     MODEL,
+    THINKING_CHATML,
     LiveServer,
     default_store,
     live_server,
@@ -209,3 +210,19 @@ def test_a_key_is_taken_from_x_api_key_or_bearer(server: LiveServer) -> None:
         assert http.get("/api/tags", headers={"x-api-key": KEY}).status_code == 200
     bearer = anthropic.Anthropic(base_url=server.url, auth_token=KEY, max_retries=0, timeout=300)
     assert bearer.messages.count_tokens(model=MODEL, messages=HELLO).input_tokens > 0
+
+
+def test_reasoning_streams_as_a_thinking_block(client: anthropic.Anthropic, server: LiveServer) -> None:
+    with server.client(headers={"x-api-key": KEY}) as http:
+        created = http.post("/api/create", json={"model": "thinker", "from": MODEL, "template": THINKING_CHATML,
+                                                 "stream": False})
+    assert created.status_code == 200, created.text
+    with client.messages.stream(model="thinker", max_tokens=6, messages=HELLO, extra_body=GREEDY,
+                                thinking={"type": "enabled", "budget_tokens": 1024}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds  # the SDK's event for a thinking_delta
+    assert final.content[0].type == "thinking" and final.content[0].thinking.strip()  # type: ignore[union-attr]
+    whole = client.messages.create(model="thinker", max_tokens=6, messages=HELLO, extra_body=GREEDY,
+                                   thinking={"type": "enabled", "budget_tokens": 1024})
+    assert whole.content[0].type == "thinking" and whole.content[0].thinking.strip()  # type: ignore[union-attr]
