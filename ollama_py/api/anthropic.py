@@ -108,7 +108,7 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
 class MessagesRequest(CountTokensRequest, kw_only=True):
     max_tokens: Annotated[int, Meta(ge=1)]
     stream: bool = False
-    temperature: Annotated[float, Meta(ge=0)] | None = None  # omitted: the model's own (as Ollama)
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None  # Anthropic's range; omitted: the model's own
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
     stop_sequences: list[str] | None = None
