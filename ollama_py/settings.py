@@ -136,6 +136,9 @@ class Settings:
     max_schema_depth: int = 32
     max_grammar_bytes: int = 256 << 10
     max_embed_inputs: int = 2048
+    responses_max: int = 1000
+    responses_max_bytes: int = 64 << 20
+    responses_max_age: float = 3600.0
 
 
 # field -> (environment variable, parser, description)
@@ -216,6 +219,13 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_grammar_bytes": ("OLLAMA_PY_MAX_GRAMMAR_BYTES", _int,
                           "largest grammar a `format` schema may turn into, in bytes of GBNF"),
     "max_embed_inputs": ("OLLAMA_PY_MAX_EMBED_INPUTS", _int, "most inputs one embedding request may carry"),
+    "responses_max": ("OLLAMA_PY_RESPONSES_MAX", _int,
+                      "most /v1/responses answers kept in memory for previous_response_id and GET /v1/responses/{id} "
+                      "(0: none kept)"),
+    "responses_max_bytes": ("OLLAMA_PY_RESPONSES_MAX_BYTES", _int,
+                            "most bytes of kept /v1/responses answers and their conversations; the oldest go first"),
+    "responses_max_age": ("OLLAMA_PY_RESPONSES_MAX_AGE", _duration,
+                          "how long a /v1/responses answer is kept (seconds or 1h)"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

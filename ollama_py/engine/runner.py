@@ -441,7 +441,7 @@ class Runner:
             eval_duration=now - job.first_token_ns,
             total_duration=now - job.submit.submitted_ns,
             prompt_tokens=len(job.submit.request.prompt),
-            truncated=job.submit.truncated)))
+            truncated=job.submit.truncated, stop_sequence=job.stops.matched)))
         self._release(slot)
 
     def _release(self, slot: _Slot) -> None:

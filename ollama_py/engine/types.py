@@ -108,6 +108,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     total_duration: int = 0
     prompt_tokens: int = 0  # the whole prompt after truncation, cached or not
     truncated: bool = False
+    stop_sequence: str = ""  # the stop string that ended the answer (Anthropic's API reports it)
 
 
 class RunnerCrashed(EngineError):

@@ -20,17 +20,19 @@ from pathlib import Path
 from aiohttp import web
 
 from ollama_py import __version__
-from ollama_py.api import native, openai
+from ollama_py.api import anthropic, native, openai, responses
 from ollama_py.cluster import probe
 from ollama_py.engine.backend import RunnerBackend
 from ollama_py.engine.supervisor import ProcessBackend
 from ollama_py.engine.front import Engine
 from ollama_py.server import (
     openapi,
+    routes_anthropic,
     routes_models,
     routes_native,
     routes_openai,
     routes_ops,
+    routes_responses,
 )
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import (
@@ -98,6 +100,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", routes_openai.list_models, R, "OpenAI model list", response=openai.ModelList),
     Route("GET", "/v1/models/{model:.+}", routes_openai.get_model, R, "One model, OpenAI's way",
           response=openai.Model),
+    Route("POST", "/v1/messages", routes_anthropic.messages, R, "Anthropic messages", anthropic.MessagesRequest,
+          anthropic.MessageResponse, _SSE),
+    Route("POST", "/v1/messages/count_tokens", routes_anthropic.count_tokens, R,
+          "Anthropic token count of a conversation", anthropic.CountTokensRequest, anthropic.CountTokensResponse),
+    Route("POST", "/v1/responses", routes_responses.create, R, "OpenAI responses", responses.ResponseRequest,
+          responses.Response, _SSE),
+    Route("GET", "/v1/responses/{response_id}", routes_responses.get, R, "A kept response, by id",
+          response=responses.Response),
+    Route("DELETE", "/v1/responses/{response_id}", routes_responses.delete, R, "Forgets a kept response",
+          response=responses.Deleted),
     Route("GET", "/health", routes_ops.health, P, "Liveness, ollama-py's version and the loaded model count",
           response=native.HealthResponse),
     Route("GET", "/metrics", routes_ops.metrics, R, "Prometheus metrics"),

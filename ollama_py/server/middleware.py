@@ -240,23 +240,33 @@ def load_keys(settings: Settings) -> dict[bytes, Scope]:
     return {_digest(key): Scope(scope) for key, scope in entries if key}
 
 
+def _presented_key(request: web.Request) -> str:
+    """The key a request presents: `Authorization: Bearer KEY`, or `x-api-key: KEY` as Anthropic's clients
+    send it."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
 def api_keys(*, keys: Mapping[bytes, Scope], scopes: Mapping[web.AbstractRoute, Scope]) -> Middleware:
-    """Checks `Authorization: Bearer KEY` when keys are configured; admin routes need an admin key."""
+    """Checks the key (`Authorization: Bearer KEY` or `x-api-key`) when keys are configured; admin routes need an
+    admin key."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         needed = scopes.get(request.match_info.route, Scope.READ)
         if not keys or needed is Scope.PUBLIC or request.method == "OPTIONS":
             return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = _presented_key(request)
         granted = None
-        if scheme.lower() == "bearer" and token.strip():
-            presented = _digest(token.strip())
+        if token:
+            presented = _digest(token)
             for digest, scope in keys.items():
                 if hmac.compare_digest(digest, presented):
                     granted = scope
         if granted is None:
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
+            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
                            headers={"WWW-Authenticate": "Bearer"})
         if needed is Scope.ADMIN and granted is not Scope.ADMIN:
             raise ApiError(403, "this API key may not manage models (it has read scope)")

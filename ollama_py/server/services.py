@@ -11,6 +11,7 @@ can keep every thread busy, and `/api/tags` must answer meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ollama_py.engine.front import Engine
 from ollama_py.server.metrics import Metrics
+from ollama_py.server.response_store import ResponseStore
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
 
@@ -34,6 +36,11 @@ class Services:
     listing: ThreadPoolExecutor  # store reads of the listing routes, apart from the default executor
     # Set while shutting down once in-flight streams have had most of their time: each then ends cleanly.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @functools.cached_property
+    def responses(self) -> ResponseStore:
+        """Recent /v1/responses answers, for previous_response_id; made on first use, from the settings."""
+        return ResponseStore.from_settings(self.settings)
 
 
 SERVICES = web.AppKey("services", Services)
