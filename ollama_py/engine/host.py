@@ -65,6 +65,9 @@ class _Hosted:
                                                        num_ctx=num_ctx)
         else:
             prepared = self.formatter.prepare(job.chat, num_ctx)
+        if not job.chat.shift:
+            prepared = PreparedChat(request=msgspec.structs.replace(prepared.request, shift=False),
+                                    applied=prepared.applied)
         if not job.context:
             return prepared
         n_tokens = self.model.vocab.n_tokens
