@@ -374,7 +374,8 @@ class Runner:
                 self._loading[submit.stream] = submit
                 self._disk.load(prompt, lambda state, s=submit: self._inbox.put(_Loaded(s, state)))
                 continue
-            if saved is not None and in_saved >= in_slot + MIN_TOKENS:
+            # Restoring is a copy of the state, cheaper than prefilling even a few tokens.
+            if saved is not None and min(in_saved, len(prompt) - 1) > min(in_slot, len(prompt) - 1):
                 slot = min(free, key=lambda s: s.last_used)
                 self._save(slot, prompt)
                 self._restore(slot, saved)
