@@ -44,6 +44,7 @@ _MAGIC = b"OPYSEQ\x00\x01"
 _LENGTH = struct.Struct("<I")
 _BLOB_NAME = re.compile(r"^sha256-([0-9a-f]{64})$")
 _CHUNK = 1 << 20
+_MAX_PENDING_WRITES = 4  # states copied for the disk and not yet written; more are dropped, not queued
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -169,6 +170,7 @@ class DiskCache:
         self._prefix = hashlib.sha256(self._key.encode()).hexdigest()[:16]
         self._lock = threading.Lock()  # guards _files only
         self._files: dict[Path, _FileEntry] = {}
+        self._pending = 0
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         directory.mkdir(parents=True, exist_ok=True)
         self._scan()
@@ -199,9 +201,29 @@ class DiskCache:
 
         self._jobs.put(job)
 
+    def busy(self) -> bool:
+        """Whether writes are backed up: a caller then skips copying a state that would be dropped."""
+        with self._lock:
+            return self._pending >= _MAX_PENDING_WRITES
+
     def save(self, state: SavedState) -> None:
-        """Writes the state on the I/O thread, replacing files it extends; a file for the same tokens stays."""
-        self._jobs.put(lambda: self._save(state))
+        """Writes the state on the I/O thread, replacing files it extends; a file for the same tokens stays.
+
+        While the disk lags behind, the state is dropped: a cache may forget, memory must stay bounded.
+        """
+        with self._lock:
+            if self._pending >= _MAX_PENDING_WRITES:
+                return
+            self._pending += 1
+
+        def job() -> None:
+            try:
+                self._save(state)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        self._jobs.put(job)
 
     # ---- the I/O thread ---------------------------------------------------------------
 

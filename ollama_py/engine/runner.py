@@ -375,12 +375,13 @@ class Runner:
                 self._disk.load(prompt, lambda state, s=submit: self._inbox.put(_Loaded(s, state)))
                 continue
             # Restoring is a copy of the state, cheaper than prefilling even a few tokens.
-            if saved is not None and min(in_saved, len(prompt) - 1) > min(in_slot, len(prompt) - 1):
+            restore = saved is not None and min(in_saved, len(prompt) - 1) > min(in_slot, len(prompt) - 1)
+            if restore:
                 slot = min(free, key=lambda s: s.last_used)
-                self._save(slot, prompt)
+            self._save(slot, 0 if restore else min(common_prefix(slot.cache, prompt), len(prompt) - 1))
+            if restore:
+                assert saved is not None
                 self._restore(slot, saved)
-            else:
-                self._save(slot, prompt)
             # The last prompt token is always decoded again: its logits are the first sample's.
             keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
             if not self._ctx.seq_rm(slot.seq, keep, -1):
@@ -398,11 +399,9 @@ class Runner:
             slot.keep = min(max(submit.request.sampling.num_keep, 0), self.num_ctx - 1)
             log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
 
-    def _save(self, slot: _Slot, prompt: tuple[int, ...]) -> None:
-        """Keeps in RAM what the slot holds when `prompt` would overwrite much of it."""
-        if self._ram is None or len(slot.cache) < MIN_TOKENS:
-            return
-        if len(slot.cache) - min(common_prefix(slot.cache, prompt), len(prompt) - 1) < MIN_TOKENS:
+    def _save(self, slot: _Slot, kept: int) -> None:
+        """Keeps in RAM what the slot holds when its next request keeps only `kept` tokens of it."""
+        if self._ram is None or len(slot.cache) - kept < MIN_TOKENS:
             return
         if not self._ram.covers(slot.cache):
             self._ram.add(SavedState(tuple(slot.cache), self._ctx.seq_state(slot.seq)))
@@ -542,7 +541,7 @@ class Runner:
             prompt_cached=job.cached,
             truncated=job.submit.truncated)))
         self._release(slot)
-        if self._disk is not None and len(slot.cache) >= MIN_TOKENS:
+        if self._disk is not None and len(slot.cache) >= MIN_TOKENS and not self._disk.busy():
             self._disk.save(SavedState(tuple(slot.cache), self._ctx.seq_state(slot.seq)))
 
     def _release(self, slot: _Slot) -> None:
