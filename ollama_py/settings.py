@@ -139,6 +139,9 @@ class Settings:
     responses_max: int = 1000
     responses_max_bytes: int = 64 << 20
     responses_max_age: float = 3600.0
+    cache_ram: int = -1
+    prompt_cache_dir: str = ""
+    prompt_cache_disk: int = 10240
 
 
 # field -> (environment variable, parser, description)
@@ -226,6 +229,16 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
                             "most bytes of kept /v1/responses answers and their conversations; the oldest go first"),
     "responses_max_age": ("OLLAMA_PY_RESPONSES_MAX_AGE", _duration,
                           "how long a /v1/responses answer is kept (seconds or 1h)"),
+    "cache_ram": ("OLLAMA_PY_CACHE_RAM", _int,
+                  "MiB of host RAM per loaded model for prompt states saved beyond the slots, so a returning "
+                  "conversation or a shared system prompt is not evaluated again; -1: a quarter of the memory "
+                  "available at load, at most 8192; 0: off"),
+    "prompt_cache_dir": ("OLLAMA_PY_PROMPT_CACHE_DIR", lambda raw: str(_path(raw)),
+                         "directory keeping finished requests' prompt states across restarts (checked before "
+                         "use); unset: none"),
+    "prompt_cache_disk": ("OLLAMA_PY_PROMPT_CACHE_DISK", _int,
+                          "MiB that OLLAMA_PY_PROMPT_CACHE_DIR may hold per model and options, least recently "
+                          "used removed first"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
@@ -268,6 +281,11 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
             shown = "(hidden)" if f.name in SECRETS else repr(raw)
             raise SettingsError(f"{name}={shown}: {exc}") from None
     settings = Settings(**values)
+    if settings.cache_ram < -1:
+        raise SettingsError(f"OLLAMA_PY_CACHE_RAM={settings.cache_ram}: expected MiB, 0 (off) or -1 (automatic)")
+    if settings.prompt_cache_disk <= 0:
+        raise SettingsError(f"OLLAMA_PY_PROMPT_CACHE_DISK={settings.prompt_cache_disk}: expected a positive "
+                            "number of MiB")
     if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
     if settings.listing_threads < 1:

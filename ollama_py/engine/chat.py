@@ -51,6 +51,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     think: bool | None = None  # None: the template's default
     sampling: Sampling = Sampling()
     truncate: bool = True
+    shift: bool = True  # go on past the context's end by dropping its oldest tokens (Ollama's `shift`)
     logprobs: bool = False
     top_logprobs: int = 0
     # The model's TEMPLATE (or a request's own), in Ollama's Go syntax. "" or the template our import derived

@@ -75,6 +75,9 @@ class _Hosted:
                                                        num_ctx=num_ctx, cancelled=cancelled)
         else:
             prepared = self.formatter.prepare(job.chat, num_ctx, cancelled)
+        if not job.chat.shift:
+            prepared = PreparedChat(request=msgspec.structs.replace(prepared.request, shift=False),
+                                    applied=prepared.applied)
         if not job.context:
             return prepared
         n_tokens = self.model.vocab.n_tokens

@@ -43,6 +43,7 @@ from ollama_py.engine.chat import ChatDone, ChatEvent
 from ollama_py.engine.embed import EmbedResult
 from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.placement import Placement
+from ollama_py.engine.prompt_cache import auto_ram_bytes
 from ollama_py.engine.runner import RunnerOptions, RunnerStats, events_until_done
 from ollama_py.engine.types import EngineError, Failed, InvalidRequest, RunnerCrashed
 from ollama_py.settings import Settings
@@ -433,13 +434,17 @@ class ProcessBackend:
             log.info("%s: %d of %d layers on the GPU (%d of %d bytes)", spec.path.name, offload.gpu_layers,
                      offload.n_layers, offload.size_vram, offload.size)
         size = offload.size if offload is not None else spec.path.stat().st_size
-        memory = self._limits.memory or 2 * (size - (offload.size_vram if offload else 0)) + _MEMORY_MARGIN
+        # Resolved here, once, so the memory bound allows for exactly what the process may keep.
+        cache_ram = spec.runner.cache_ram if spec.runner.cache_ram >= 0 else auto_ram_bytes()
+        memory = (self._limits.memory
+                  or 2 * (size - (offload.size_vram if offload else 0)) + _MEMORY_MARGIN + cache_ram)
         link = self._shared_link(memory) if remote else self._link(memory, ())
         number = self._numbers()
         num_gpu = spec.num_gpu if remote else (offload.gpu_layers if offload else 0)
         try:
             loaded = link.call(lambda call: wire.Load(
-                call=call, model=number, path=str(spec.path), runner=spec.runner, num_gpu=num_gpu,
+                call=call, model=number, path=str(spec.path),
+                runner=msgspec.structs.replace(spec.runner, cache_ram=cache_ram), num_gpu=num_gpu,
                 tensor_split=self._tensor_split if remote else (), template=spec.template,
                 adapters=tuple(str(a) for a in spec.adapters)),
                 wire.Loaded, load_timeout=self._limits.load_timeout)

@@ -314,6 +314,10 @@ LLAMA_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "llama_memory_seq_pos_min": ([P, i32], i32),
     "llama_memory_seq_pos_max": ([P, i32], i32),
     "llama_memory_can_shift": ([P], c_bool),
+    # one sequence's state (its KV cells and their tokens' positions) as bytes
+    "llama_state_seq_get_size": ([P, i32], c_size_t),
+    "llama_state_seq_get_data": ([P, P, c_size_t, i32], c_size_t),
+    "llama_state_seq_set_data": ([P, P, c_size_t, i32], c_size_t),
     # batch, decode, outputs
     "llama_batch_init": ([i32, i32, i32], llama_batch),
     "llama_batch_free": ([llama_batch], None),

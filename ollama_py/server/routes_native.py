@@ -61,6 +61,7 @@ class _Counters(TypedDict):
     total_duration: int
     load_duration: int
     prompt_eval_count: int
+    prompt_eval_cached_count: int
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
@@ -70,7 +71,8 @@ def _metrics(request: web.Request, event: ChatDone) -> _Counters:
     """The final chunk's counters; total_duration runs from the request's arrival, load included."""
     done, rec = event.done, record(request)
     return _Counters(total_duration=time.monotonic_ns() - rec.started, load_duration=rec.load_duration,
-                     prompt_eval_count=done.prompt_tokens, prompt_eval_duration=done.prompt_eval_duration,
+                     prompt_eval_count=done.prompt_tokens, prompt_eval_cached_count=done.prompt_cached,
+                     prompt_eval_duration=done.prompt_eval_duration,
                      eval_count=done.eval_count, eval_duration=done.eval_duration)
 
 
@@ -108,8 +110,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def _generate_chunks(request: web.Request, req: native.GenerateRequest, model: ResolvedModel,
                            keep_alive: float | None) -> AsyncGenerator[native.GenerateResponse, None]:
     chat = ChatRequest(id=inference.request_id("gen"), messages=(), format=req.format, think=think_flag(req.think),
-                       truncate=req.truncate, logprobs=req.logprobs, top_logprobs=req.top_logprobs,
-                       template=req.template)
+                       truncate=req.truncate, shift=req.shift, logprobs=req.logprobs,
+                       top_logprobs=req.top_logprobs, template=req.template)
     prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
                               suffix=req.suffix)
     await inference.admit(request, model, chat, prompt)
@@ -154,8 +156,8 @@ async def _chat_chunks(request: web.Request, req: native.ChatRequest, model: Res
     messages = [inference.message_dict(m) for m in req.messages or ()]
     conversation = ChatRequest(id=inference.request_id("chat"), messages=inference.with_modelfile(model, messages),
                                tools=tuple(msgspec.to_builtins(t) for t in req.tools or ()), format=req.format,
-                               think=think_flag(req.think), truncate=req.truncate, logprobs=req.logprobs,
-                               top_logprobs=req.top_logprobs)
+                               think=think_flag(req.think), truncate=req.truncate, shift=req.shift,
+                               logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     async for event in inference.converse(request, model, req.options, keep_alive, conversation):
         if isinstance(event, ChatDelta):
             yield native.ChatResponse(

@@ -54,7 +54,8 @@ def _finish_reason(done: ChatDone) -> str:
 
 def _usage(done: ChatDone) -> openai.Usage:
     prompt, completion = done.done.prompt_tokens, done.done.eval_count
-    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                        prompt_tokens_details=openai.PromptTokensDetails(cached_tokens=done.done.prompt_cached))
 
 
 def _logprob(lp: Logprob) -> openai.TokenLogprob:
