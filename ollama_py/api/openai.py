@@ -167,10 +167,15 @@ class ChoiceLogprobs(msgspec.Struct, kw_only=True):
     content: list[TokenLogprob] | None
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int = 0  # prompt tokens served from the prompt cache
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -24,7 +24,7 @@ from ollama_py.api.options import Format, Options
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.types import DoneReason, Logprob
 from ollama_py.llama.shim import ToolCall
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import images, inference, models, streaming, tool_choice
 from ollama_py.server.errors import ApiError
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import services
@@ -54,7 +54,8 @@ def _finish_reason(done: ChatDone) -> str:
 
 def _usage(done: ChatDone) -> openai.Usage:
     prompt, completion = done.done.prompt_tokens, done.done.eval_count
-    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                        prompt_tokens_details=openai.PromptTokensDetails(cached_tokens=done.done.prompt_cached))
 
 
 def _logprob(lp: Logprob) -> openai.TokenLogprob:
@@ -71,10 +72,8 @@ def _tool_calls(calls: tuple[ToolCall, ...], *, indexed: bool) -> list[openai.To
 
 
 def _image(part: openai.ImagePart) -> str:
-    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-    if not url.startswith("data:") or ";base64," not in url:
-        raise codec.BadRequest("image_url: only data: URIs with base64 content are supported, not remote URLs")
-    return url.split(";base64,", 1)[1]
+    return images.from_data_url(part.image_url if isinstance(part.image_url, str) else part.image_url.url,
+                                field="image_url")
 
 
 def _message(m: openai.ChatMessage) -> dict[str, Any]:
@@ -114,24 +113,17 @@ def _tools(req: openai.ChatCompletionRequest) -> tuple[tuple[dict[str, Any], ...
     """The tools offered and OpenAI's tool_choice as the engine takes it ("auto", "required")."""
     tools = tuple(msgspec.to_builtins(t) for t in req.tools or ())
     choice = req.tool_choice
-    if choice is None or choice == "auto" or not tools:
-        return tools, "auto"
-    if choice == "none":
-        return (), "auto"
-    if choice == "required":
-        return tools, "required"
-    named = tuple(t for t in tools if t["function"]["name"] == choice.function.name)
-    if not named:
-        raise codec.BadRequest(f"tool_choice: no tool named {choice.function.name!r} in tools")
-    return named, "required"
+    if isinstance(choice, openai.NamedToolChoice):
+        return tool_choice.choose(tools, "required", choice.function.name)
+    return tool_choice.choose(tools, choice or "auto")
 
 
 def _conversation(req: openai.ChatCompletionRequest, model: ResolvedModel) -> ChatRequest:
-    tools, tool_choice = _tools(req)
+    tools, choice = _tools(req)
     think = None if req.reasoning_effort is None else req.reasoning_effort != "none"
     return ChatRequest(id=inference.request_id("chatcmpl"),
                        messages=inference.with_modelfile(model, [_message(m) for m in req.messages]),
-                       tools=tools, tool_choice=tool_choice, format=_format(req.response_format), think=think,
+                       tools=tools, tool_choice=choice, format=_format(req.response_format), think=think,
                        logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
 
 
