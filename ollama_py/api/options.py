@@ -35,6 +35,15 @@ ThinkLevel = Literal["low", "medium", "high", "max"]
 Think = bool | ThinkLevel
 """`think`: on/off, or a level for models that take one (api.ThinkValue: any other string is refused)."""
 
+
+
+def think_setting(think: Think | None) -> tuple[bool | None, str]:
+    """`think` as a switch (None: the template's default) and the level asked for ("" when none was)."""
+    if think is None or isinstance(think, bool):
+        return think, ""
+    return True, think
+
+
 Format = str | dict[str, Any]
 """`format`: "json" for any JSON object, or a JSON schema the answer must satisfy."""
 

@@ -46,8 +46,12 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: str = "auto"  # OpenAI's "auto" | "required" | "none"; Ollama always sends "auto"
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema
     think: bool | None = None  # None: the template's default
+    # The level a request asked for ("low", "medium", "high", "max"), or "": the template's `.ThinkLevel`
+    # (Ollama's api.ThinkValue.String(): "medium" for a plain true) and a Jinja template's `reasoning_effort`.
+    think_level: str = ""
     sampling: Sampling = Sampling()
     truncate: bool = True
+    shift: bool = True  # Ollama's `shift`: make room in a full context rather than stop
     logprobs: bool = False
     top_logprobs: int = 0
     # The model's TEMPLATE (or a request's own), in Ollama's Go syntax. "" or the template our import derived
@@ -110,6 +114,14 @@ def grammar_for_format(fmt: str | dict[str, Any] | None) -> Grammar | None:
         except ShimError as exc:
             raise ValueError(f"invalid JSON schema in format: {exc}") from None
     raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
+
+
+def _reasoning_effort(level: str) -> dict[str, Any]:
+    """The level as Jinja templates read it (gpt-oss's `reasoning_effort`), which know low, medium and high:
+    "max" is "high" there, as Ollama maps it for harmony."""
+    if not level:
+        return {}
+    return {"reasoning_effort": "high" if level == "max" else level}
 
 
 class ChatFormatter:
@@ -190,10 +202,12 @@ class ChatFormatter:
 
         def render(messages: list[dict[str, Any]]) -> RenderedPrompt:
             try:
-                text = template.render(messages, chat.tools, think=think)
+                text = template.render(messages, chat.tools, think=think, think_level=chat.think_level)
             except TemplateError as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
-            return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags if think else None,
+            # Read with the tags even when thinking is off: a model that reasons anyway keeps its reasoning
+            # out of the answer (the server then drops it).
+            return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags,
                                   tool_tag=template.tool_tag, tool_names=tuple(n for n in names if n))
 
         rendered, prompt = self._fit(chat, num_ctx, render)
@@ -256,7 +270,7 @@ class ChatFormatter:
         if template is None or not template.supports_insert:
             raise ValueError(f"{chat.model or 'the model'} does not support insert")
         try:
-            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think)
+            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think, think_level=chat.think_level)
         except TemplateError as exc:
             raise ValueError(f"cannot render the prompt with the model's template: {exc}") from None
         tokens = self.model.vocab.tokenize(text, add_special=True, parse_special=True)
@@ -269,10 +283,13 @@ class ChatFormatter:
 
     def _apply(self, chat: ChatRequest, messages: list[dict[str, Any]]) -> ChatApplied:
         try:
+            # Reasoning is always split off, even with thinking off (the server drops it then), so a model
+            # that reasons anyway does not leak it into its answer. Several calls in one answer are allowed,
+            # as Ollama allows them, where the template can say so.
             return self.templates.apply(
                 messages, tools=list(chat.tools) or None, tool_choice=chat.tool_choice if chat.tools else "auto",
-                enable_thinking=chat.think is not False,
-                reasoning_format="none" if chat.think is False else "deepseek")
+                enable_thinking=chat.think is not False, reasoning_format="deepseek", parallel_tool_calls=True,
+                chat_template_kwargs=_reasoning_effort(chat.think_level))
         except ShimError as exc:
             raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
 

@@ -164,6 +164,16 @@ def capabilities(model: ResolvedModel) -> list[str]:
     return caps
 
 
+def shown_template(model: ResolvedModel) -> str:
+    """The template /api/show reports: the TEMPLATE, else the GGUF's own Jinja chat template.
+
+    Clients (LiteLLM, Continue) read it to tell whether a model does tools or fill-in-the-middle, so a model
+    whose template our import did not recognise still shows the one that renders its prompts.
+    Blocking (reads the GGUF's header once per file): run it in a thread.
+    """
+    return model.template or _facts(model)[1]
+
+
 def context_length(model: ResolvedModel) -> int:
     """The context the model was trained for (its GGUF's `<arch>.context_length`); 0 when it does not say."""
     return _facts(model)[2]
