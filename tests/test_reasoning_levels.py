@@ -3,7 +3,7 @@
 A Go template sees `.Think` and `.ThinkLevel` (what Ollama passes); a Jinja template sees
 `reasoning_effort` (what llama.cpp passes gpt-oss), where "max" is "high". OpenAI's efforts map onto
 Ollama's levels as Ollama maps them. The prompts are read back from `context`, the tokens of what the
-model was given.
+model was given (special tokens left out, so the levels are bracketed).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ JINJA_LEVELS = "smollm2-jinja-levels"
 ALWAYS_THINKS = "smollm2-always-thinks"
 # ChatML whose system turn names the level; "max" adds a sentence, so that prompt lengths tell levels apart.
 GO_TEMPLATE = (
-    "<|im_start|>system\nReasoning: {{ .ThinkLevel }}{{ if eq .ThinkLevel \"max\" }}, as long as it takes{{ end }}"
+    "<|im_start|>system\nReasoning: [{{ .ThinkLevel }}]{{ if eq .ThinkLevel \"max\" }}, as long as it takes{{ end }}"
     "<|im_end|>\n"
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
     "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>\n"
     "{{ end }}<|im_start|>assistant\n{{ if .Think }}<think>\n{{ end }}")
 JINJA_TEMPLATE = (
-    "<|im_start|>system\nReasoning: {{ reasoning_effort | default('unset') }}<|im_end|>\n"
+    "<|im_start|>system\nReasoning: [{{ reasoning_effort | default('unset') }}]<|im_end|>\n"
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "<|im_start|>assistant\n<think>\n")
 # A model that reasons whatever it is told: the template opens the reasoning itself.
@@ -63,16 +63,17 @@ def prompt_of(http: httpx.Client, model: str, think: Any) -> str:
 
 
 @pytest.mark.parametrize("think, shown", [
-    ("low", "Reasoning: low<"), ("high", "Reasoning: high<"), ("max", "Reasoning: max, as long as it takes"),
-    (True, "Reasoning: medium<"),  # a plain true is "medium", as api.ThinkValue.String() says
-    (False, "Reasoning: <"),
+    ("low", "Reasoning: [low]"), ("high", "Reasoning: [high]"), ("max", "Reasoning: [max], as long as it takes"),
+    (True, "Reasoning: [medium]"),  # a plain true is "medium", as api.ThinkValue.String() says
+    (False, "Reasoning: []"),
 ])
 def test_a_go_template_sees_the_level(http: httpx.Client, think: Any, shown: str) -> None:
     assert shown in prompt_of(http, GO_LEVELS, think)
 
 
 @pytest.mark.parametrize("think, shown", [
-    ("low", "Reasoning: low<"), ("high", "Reasoning: high<"), ("max", "Reasoning: high<"), (True, "Reasoning: unset<"),
+    ("low", "Reasoning: [low]"), ("high", "Reasoning: [high]"), ("max", "Reasoning: [high]"),
+    (True, "Reasoning: [unset]"),
 ])
 def test_a_jinja_template_sees_reasoning_effort(http: httpx.Client, think: Any, shown: str) -> None:
     assert shown in prompt_of(http, JINJA_LEVELS, think)

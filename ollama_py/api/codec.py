@@ -62,8 +62,8 @@ def decode(body: bytes, kind: type[T]) -> T:
     try:
         try:
             value = _decoder(kind).decode(body)
-        except msgspec.ValidationError:
-            value = _relaxed_decode(body, kind)
+        except msgspec.ValidationError as strict:
+            value = _relaxed_decode(body, kind, strict)
     except msgspec.ValidationError as exc:
         raise BadRequest(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -76,12 +76,17 @@ def decode(body: bytes, kind: type[T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
-def _relaxed_decode(body: bytes, kind: Any) -> Any:
+def _relaxed_decode(body: bytes, kind: Any, strict: msgspec.ValidationError) -> Any:
     """The body decoded as Go would: nulls dropped where a field takes none, fractional integer options cut.
 
-    Raises msgspec.ValidationError (naming the field) for what Go refuses too.
+    Raises msgspec.ValidationError (naming the field) for what Go refuses too; `strict`, the typed
+    decoder's own error, where the body is no JSON value at all (a number beyond a float), since only
+    that one knows the field.
     """
-    raw = msgspec.json.decode(body)
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.ValidationError:
+        raise strict from None
     return msgspec.convert(_relax(raw, _type_info(kind)), kind)
 
 
