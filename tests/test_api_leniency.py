@@ -144,7 +144,7 @@ def test_extreme_option_values_are_clamped_or_refused_while_a_neighbour_streams(
     finally:
         done.set()
         thread.join()
-    assert answers and all(answer == alone for answer in answers)  # greedy: the same words, however busy
+    assert answers and [answer for answer in answers if answer != alone] == [], alone  # greedy: the same words
 
 
 @pytest.mark.parametrize("options", [

@@ -31,7 +31,8 @@ GO_TEMPLATE = (
 JINJA_TEMPLATE = (
     "<|im_start|>system\nReasoning: [{{ reasoning_effort | default('unset') }}]<|im_end|>\n"
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "<|im_start|>assistant\n<think>\n")
+    "<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}<think></think>"
+    "{% else %}<think>\n{% endif %}")
 # A model that reasons whatever it is told: the template opens the reasoning itself.
 ALWAYS_TEMPLATE = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
