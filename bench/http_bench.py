@@ -28,6 +28,16 @@ as a ratio of medians and as the median of the per-round (paired) ratios.
 
 prints a markdown table; --out FILE.json keeps every round.
 
+`--workload chat` is a multi-user chat instead: --conversations users at once
+(32 by default) over --streams slots, each holding --turns turns (4) under
+one shared system prompt of a few hundred tokens, every turn sending the
+whole conversation so far (as chat clients do). Reported per server: the
+aggregate tok/s of the whole session and TTFT p50/p99 per turn, so turns 2-4
+show what a prompt cache saves; conversations are new every round, only the
+system prompt repeats.
+
+    .venv/bin/python bench/http_bench.py --workload chat --streams 8 --rounds 3
+
 On a machine whose cores are shared with other work, --threads equal to the
 core count measures the scheduler more than the servers: llama.cpp's decode
 threads wait for each other at every op, and one of them descheduled stalls
@@ -70,6 +80,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+CHAT_SYSTEM = (
+    "You are the assistant of the Riverside Community Library. Answer visitors' questions briefly and kindly. "
+    "The library opens Monday to Friday from nine in the morning to eight in the evening, Saturday from ten to "
+    "five, and is closed on Sunday and on public holidays. Members may borrow up to twelve items at a time: "
+    "books for three weeks, films and music for one week, magazines for one week, and board games for two "
+    "weeks. Loans can be renewed twice online or at the desk unless another member has reserved the item. "
+    "Late returns cost twenty cents per day per item, at most five euros per item; children's items never "
+    "cost late fees. Membership is free for residents, who show proof of address; visitors pay ten euros a "
+    "year. The reading room on the second floor is quiet; group study rooms on the first floor can be booked "
+    "for two hours a day. Printing costs ten cents a page in black and white and fifty cents in colour. The "
+    "children's corner holds story time on Wednesday and Saturday mornings at eleven. Wheelchair access is "
+    "through the garden entrance, and the lift serves every floor. Lost cards are replaced for two euros. "
+    "When you do not know an answer, say so and suggest asking at the front desk, and never invent rules, "
+    "prices or events that are not listed here.")
+CHAT_TURNS = ["Hello! I just moved here. Can I become a member, and what do I need to bring?",
+              "Thanks. How many books can I take home, and for how long?",
+              "What happens if I bring them back a few days late?",
+              "Is there something for my six-year-old daughter on weekends?",
+              "Can I print a few pages of a report while I am there?",
+              "One more thing: is the building accessible with a wheelchair?"]
 
 
 def messages(n: int) -> list[dict[str, str]]:
@@ -175,14 +207,16 @@ async def ready(session: aiohttp.ClientSession, server: Server, args: argparse.N
                 raise RuntimeError(f"{server.label}: /api/create answered {r.status}: {await r.text()}")
 
 
-async def one(session: aiohttp.ClientSession, server: Server, n: int, max_tokens: int) -> dict[str, Any]:
-    body = {"model": server.model, "messages": messages(n), "stream": True, "max_tokens": max_tokens,
+async def one(session: aiohttp.ClientSession, server: Server, conversation: list[dict[str, str]],
+              max_tokens: int) -> dict[str, Any]:
+    body = {"model": server.model, "messages": conversation, "stream": True, "max_tokens": max_tokens,
             "temperature": 0, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     ttft = None
     usage = None
     chunks = 0
     finish = None
+    content: list[str] = []
     async with session.post(server.url + "/v1/chat/completions", json=body) as r:
         if r.status != 200:
             raise RuntimeError(f"{server.label}: /v1/chat/completions answered {r.status}: {await r.text()}")
@@ -196,7 +230,8 @@ async def one(session: aiohttp.ClientSession, server: Server, n: int, max_tokens
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
-                if (choice.get("delta") or {}).get("content"):
+                if text := (choice.get("delta") or {}).get("content"):
+                    content.append(text)
                     chunks += 1
                     if ttft is None:
                         ttft = time.perf_counter() - start
@@ -204,9 +239,10 @@ async def one(session: aiohttp.ClientSession, server: Server, n: int, max_tokens
     end = time.perf_counter()
     if usage is None:
         raise RuntimeError(f"{server.label}: the stream had no usage")
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     return {"completion_tokens": int(usage["completion_tokens"]), "prompt_tokens": int(usage["prompt_tokens"]),
-            "ttft_s": ttft if ttft is not None else end - start, "latency_s": end - start, "chunks": chunks,
-            "finish_reason": finish}
+            "cached_tokens": cached, "ttft_s": ttft if ttft is not None else end - start, "latency_s": end - start,
+            "chunks": chunks, "finish_reason": finish, "content": "".join(content)}
 
 
 async def run_round(session: aiohttp.ClientSession, server: Server, first: int, streams: int,
@@ -215,7 +251,7 @@ async def run_round(session: aiohttp.ClientSession, server: Server, first: int, 
     assert server.proc is not None
     cpu = session_cpu_s(server.proc.pid)
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(session, server, first + i, max_tokens) for i in range(streams)))
+    results = await asyncio.gather(*(one(session, server, messages(first + i), max_tokens) for i in range(streams)))
     wall = time.perf_counter() - start
     cpu = session_cpu_s(server.proc.pid) - cpu
     tokens = sum(r["completion_tokens"] for r in results)
@@ -224,6 +260,102 @@ async def run_round(session: aiohttp.ClientSession, server: Server, first: int, 
             "ttft_p50_ms": statistics.median(r["ttft_s"] for r in results) * 1e3,
             "short_streams": sum(r["completion_tokens"] < max_tokens for r in results),
             "load1": os.getloadavg()[0], "streams": results}
+
+
+async def conversation(session: aiohttp.ClientSession, server: Server, n: int, turns: int,
+                       max_tokens: int) -> list[dict[str, Any]]:
+    """One user's chat: each turn sends the conversation so far and the answer joins it."""
+    history = [{"role": "system", "content": CHAT_SYSTEM}]
+    results = []
+    for turn in range(turns):
+        question = CHAT_TURNS[(n + turn) % len(CHAT_TURNS)]
+        history.append({"role": "user", "content": f"(visitor {n}) {question}"})
+        result = await one(session, server, history, max_tokens)
+        history.append({"role": "assistant", "content": result.pop("content")})
+        results.append(result)
+    return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def run_chat_round(session: aiohttp.ClientSession, server: Server, first: int, conversations: int,
+                         turns: int, max_tokens: int) -> dict[str, Any]:
+    server.alive()
+    start = time.perf_counter()
+    chats = await asyncio.gather(*(conversation(session, server, first + i, turns, max_tokens)
+                                   for i in range(conversations)))
+    wall = time.perf_counter() - start
+    tokens = sum(r["completion_tokens"] for chat in chats for r in chat)
+    per_turn = [[chat[t] for chat in chats] for t in range(turns)]
+    return {"wall_s": wall, "tokens": tokens, "tps": tokens / wall,
+            "ttft_p50_ms": [statistics.median(r["ttft_s"] for r in rs) * 1e3 for rs in per_turn],
+            "ttft_p99_ms": [percentile([r["ttft_s"] for r in rs], 0.99) * 1e3 for rs in per_turn],
+            "prompt_tokens": [sum(r["prompt_tokens"] for r in rs) for rs in per_turn],
+            "cached_tokens": [sum(r["cached_tokens"] or 0 for r in rs) for rs in per_turn],
+            "load1": os.getloadavg()[0], "chats": chats}
+
+
+async def chat_level(servers: list[Server], streams: int, args: argparse.Namespace) -> None:
+    # A connection per request: llama-server's HTTP library drops idle keep-alive connections, which a
+    # user between turns leaves idle; both servers pay the same connect.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=connector) as session:
+        await asyncio.gather(*(ready(session, s, args) for s in servers))
+        for s in servers:  # warm-up: loads the model; not counted
+            t = time.perf_counter()
+            await run_chat_round(session, s, 100_000, streams, 1, 8)
+            print(f"  {s.label}: ready, warm-up {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+        for r in range(args.rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                result = await run_chat_round(session, s, (r + 1) * 1000, args.conversations, args.turns,
+                                              args.max_tokens)
+                s.rounds.append(result)
+                print(f"  chat round {r + 1} {s.label:13s} {result['tps']:7.1f} tok/s ({result['tokens']} tokens "
+                      f"in {result['wall_s']:.1f} s) TTFT p50 per turn "
+                      f"{' / '.join(f'{v:.0f}' for v in result['ttft_p50_ms'])} ms, cached "
+                      f"{' / '.join(str(v) for v in result['cached_tokens'])} of "
+                      f"{' / '.join(str(v) for v in result['prompt_tokens'])} prompt tokens, "
+                      f"load {result['load1']:.1f}", file=sys.stderr, flush=True)
+
+
+def summarize_chat(servers: list[Server]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in servers:
+        turns = len(s.rounds[0]["ttft_p50_ms"])
+        out[s.label] = {
+            "tps_median": statistics.median(r["tps"] for r in s.rounds),
+            "ttft_p50_ms": [statistics.median(r["ttft_p50_ms"][t] for r in s.rounds) for t in range(turns)],
+            "ttft_p99_ms": [statistics.median(r["ttft_p99_ms"][t] for r in s.rounds) for t in range(turns)]}
+    cand = out["candidate"]
+    for label in [s.label for s in servers if s.label != "candidate"]:
+        other = out[label]
+        later = range(1, len(cand["ttft_p50_ms"]))
+        out[f"candidate/{label}"] = {
+            "tps": cand["tps_median"] / other["tps_median"],
+            "ttft_p50_later_turns": (statistics.median(cand["ttft_p50_ms"][t] for t in later)
+                                     / statistics.median(other["ttft_p50_ms"][t] for t in later)) if later else None}
+    return out
+
+
+def chat_table(summary: dict[str, Any], labels: list[str]) -> str:
+    turns = len(summary[labels[0]]["ttft_p50_ms"])
+    head = ["server", "tok/s", *[f"TTFT p50 / p99 turn {t + 1} (ms)" for t in range(turns)]]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        s = summary[label]
+        rows.append("| " + " | ".join([label, f"{s['tps_median']:.1f}", *[
+            f"{s['ttft_p50_ms'][t]:.0f} / {s['ttft_p99_ms'][t]:.0f}" for t in range(turns)]]) + " |")
+    for label in labels:
+        if label != "candidate":
+            ratio = summary[f"candidate/{label}"]
+            later = ratio["ttft_p50_later_turns"]
+            rows.append(f"\n**candidate / {label}**: tok/s {ratio['tps']:.3f}x"
+                        + (f", TTFT p50 of turns 2-{turns} {later:.3f}x" if later is not None else ""))
+    return "\n".join(rows)
 
 
 async def level(servers: list[Server], streams: int, args: argparse.Namespace) -> None:
@@ -308,7 +440,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--baseline", type=Path, required=True, help="ollama-py console script of the baseline")
+    parser.add_argument("--baseline", type=Path, help="ollama-py console script of the baseline; default: none")
+    parser.add_argument("--workload", choices=("fresh", "chat"), default="fresh",
+                        help="fresh prompts every round, or a multi-user chat (see above)")
+    parser.add_argument("--conversations", type=int, default=32, help="chat: users at once")
+    parser.add_argument("--turns", type=int, default=4, help="chat: turns per conversation")
     parser.add_argument("--candidate", type=Path, default=ROOT / ".venv" / "bin" / "ollama-py")
     parser.add_argument("--llama-server", type=Path, help="default: build_backend.build_llama_server()")
     parser.add_argument("--no-llama-server", action="store_true", help="ollama-py against ollama-py only")
@@ -333,8 +469,9 @@ def main() -> None:
                            "load_start": os.getloadavg()[0], "levels": {}}
     labels: list[str] = []
     for streams in args.streams:
-        servers = [ollama_py("baseline", args.baseline, args, streams, scratch),
-                   ollama_py("candidate", args.candidate, args, streams, scratch)]
+        servers = [ollama_py("candidate", args.candidate, args, streams, scratch)]
+        if args.baseline is not None:
+            servers.insert(0, ollama_py("baseline", args.baseline, args, streams, scratch))
         if llama_bin is not None and gguf is not None:
             servers.append(llama_server(llama_bin, gguf, args, streams, scratch))
         labels = [s.label for s in servers]
@@ -342,22 +479,27 @@ def main() -> None:
             for s in servers:
                 print(f"streams {streams}: {s.label}: {' '.join(s.argv)}", file=sys.stderr, flush=True)
                 s.start()
-            asyncio.run(level(servers, streams, args))
+            asyncio.run((chat_level if args.workload == "chat" else level)(servers, streams, args))
         finally:
             for s in servers:
                 s.stop()
                 if "OLLAMA_MODELS" in s.env:  # a copy of the model per store: keep only the logs
                     shutil.rmtree(s.env["OLLAMA_MODELS"], ignore_errors=True)
-        results[streams] = summarize(servers)
+        results[streams] = (summarize_chat if args.workload == "chat" else summarize)(servers)
         raw["levels"][str(streams)] = {"summary": results[streams],
                                        "servers": {s.label: {"argv": s.argv, "rounds": s.rounds} for s in servers}}
     raw["load_end"] = os.getloadavg()[0]
     if args.out:
         args.out.write_text(json.dumps(raw, indent=2))
-    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per stream, greedy, {args.ctx}-token context per "
+    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per answer, greedy, {args.ctx}-token context per "
           f"slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
           f"median of {args.rounds} interleaved rounds (min-max); {os.cpu_count()} CPUs, load "
           f"{raw['load_start']:.1f} -> {raw['load_end']:.1f}\n")
+    if args.workload == "chat":
+        for streams, summary in results.items():
+            print(f"{args.conversations} conversations of {args.turns} turns over {streams} slots\n")
+            print(chat_table(summary, labels))
+        return
     print(table(results, labels))
     short = {f"{st}/{label}": s["short_streams"] for st, summ in results.items() for label in labels
              if (s := summ[label])["short_streams"]}

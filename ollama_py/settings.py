@@ -80,6 +80,11 @@ def _duration(raw: str) -> float:
     return value * _SECONDS.get(unit, 1.0)
 
 
+def _age(raw: str) -> float:
+    """A duration that may be zero (none at all)."""
+    return 0.0 if raw.strip() in {"0", "0s"} else _duration(raw)
+
+
 def _home_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollama-py"
 
@@ -117,6 +122,26 @@ class Settings:
     runner_timeout: int = 300
     load_timeout: float = 300.0
     runner_memory: int = 0
+    prune_grace: float = 3600.0
+    shutdown_timeout: float = 10.0
+    listing_threads: int = 4
+    template_max_steps: int = 500_000
+    template_max_output: int = 16 << 20
+    template_timeout: float = 10.0
+    max_messages: int = 2048
+    max_prompt_bytes: int = 4 << 20
+    max_stop: int = 64
+    max_stop_length: int = 1024
+    max_schema_bytes: int = 64 << 10
+    max_schema_depth: int = 32
+    max_grammar_bytes: int = 256 << 10
+    max_embed_inputs: int = 2048
+    responses_max: int = 1000
+    responses_max_bytes: int = 64 << 20
+    responses_max_age: float = 3600.0
+    cache_ram: int = -1
+    prompt_cache_dir: str = ""
+    prompt_cache_disk: int = 10240
 
 
 # field -> (environment variable, parser, description)
@@ -169,6 +194,51 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "runner_memory": ("OLLAMA_PY_RUNNER_MEMORY", _int,
                       "resident memory in bytes past which a runner process is stopped; 0: twice the model's "
                       "planned host memory plus 1 GiB"),
+    "prune_grace": ("OLLAMA_PY_PRUNE_GRACE", _age,
+                    "how long an unused blob or an unfinished write is left alone by the start-up prune, as "
+                    "another server on the same store may still be using it (seconds or 1h)"),
+    "shutdown_timeout": ("OLLAMA_PY_SHUTDOWN_TIMEOUT", _duration,
+                         "on SIGTERM, how long in-flight requests may finish; unloading gets as long again, then "
+                         "the server exits even if worker threads are still busy (seconds or 1m)"),
+    "listing_threads": ("OLLAMA_PY_LISTING_THREADS", _int,
+                        "worker threads of their own for /api/tags, /api/show and /api/ps, so that they answer "
+                        "while generation keeps every other thread busy"),
+    "template_max_steps": ("OLLAMA_PY_TEMPLATE_MAX_STEPS", _int,
+                           "actions and loop turns one rendering of a Go template may take"),
+    "template_max_output": ("OLLAMA_PY_TEMPLATE_MAX_OUTPUT", _int,
+                            "characters one rendering of a Go template may write (or make as one value); keep it "
+                            "above OLLAMA_PY_MAX_PROMPT_BYTES"),
+    "template_timeout": ("OLLAMA_PY_TEMPLATE_TIMEOUT", _duration,
+                         "how long rendering a request's prompt may take; a Go template stops there, and a runner "
+                         "process whose Jinja template overruns it twice over is restarted"),
+    "max_messages": ("OLLAMA_PY_MAX_MESSAGES", _int, "most messages one chat request may carry"),
+    "max_prompt_bytes": ("OLLAMA_PY_MAX_PROMPT_BYTES", _int,
+                         "most bytes of text (prompt, system, suffix, messages, template, embedding inputs) "
+                         "one request may carry"),
+    "max_stop": ("OLLAMA_PY_MAX_STOP", _int, "most stop strings one request may give"),
+    "max_stop_length": ("OLLAMA_PY_MAX_STOP_LENGTH", _int, "longest stop string, in characters"),
+    "max_schema_bytes": ("OLLAMA_PY_MAX_SCHEMA_BYTES", _int, "largest JSON schema in `format`, as JSON bytes"),
+    "max_schema_depth": ("OLLAMA_PY_MAX_SCHEMA_DEPTH", _int, "deepest nesting of a JSON schema in `format`"),
+    "max_grammar_bytes": ("OLLAMA_PY_MAX_GRAMMAR_BYTES", _int,
+                          "largest grammar a `format` schema may turn into, in bytes of GBNF"),
+    "max_embed_inputs": ("OLLAMA_PY_MAX_EMBED_INPUTS", _int, "most inputs one embedding request may carry"),
+    "responses_max": ("OLLAMA_PY_RESPONSES_MAX", _int,
+                      "most /v1/responses answers kept in memory for previous_response_id and GET /v1/responses/{id} "
+                      "(0: none kept)"),
+    "responses_max_bytes": ("OLLAMA_PY_RESPONSES_MAX_BYTES", _int,
+                            "most bytes of kept /v1/responses answers and their conversations; the oldest go first"),
+    "responses_max_age": ("OLLAMA_PY_RESPONSES_MAX_AGE", _duration,
+                          "how long a /v1/responses answer is kept (seconds or 1h)"),
+    "cache_ram": ("OLLAMA_PY_CACHE_RAM", _int,
+                  "MiB of host RAM per loaded model for prompt states saved beyond the slots, so a returning "
+                  "conversation or a shared system prompt is not evaluated again; -1: a quarter of the memory "
+                  "available at load, at most 8192; 0: off"),
+    "prompt_cache_dir": ("OLLAMA_PY_PROMPT_CACHE_DIR", lambda raw: str(_path(raw)),
+                         "directory keeping finished requests' prompt states across restarts (checked before "
+                         "use); unset: none"),
+    "prompt_cache_disk": ("OLLAMA_PY_PROMPT_CACHE_DISK", _int,
+                          "MiB that OLLAMA_PY_PROMPT_CACHE_DIR may hold per model and options, least recently "
+                          "used removed first"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
@@ -211,6 +281,13 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
             shown = "(hidden)" if f.name in SECRETS else repr(raw)
             raise SettingsError(f"{name}={shown}: {exc}") from None
     settings = Settings(**values)
+    if settings.cache_ram < -1:
+        raise SettingsError(f"OLLAMA_PY_CACHE_RAM={settings.cache_ram}: expected MiB, 0 (off) or -1 (automatic)")
+    if settings.prompt_cache_disk <= 0:
+        raise SettingsError(f"OLLAMA_PY_PROMPT_CACHE_DISK={settings.prompt_cache_disk}: expected a positive "
+                            "number of MiB")
     if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
+    if settings.listing_threads < 1:
+        raise SettingsError(f"OLLAMA_PY_LISTING_THREADS={settings.listing_threads}: expected at least 1")
     return settings

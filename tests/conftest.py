@@ -12,12 +12,19 @@ from ollama_py import settings
 from ollama_py.llama.context import Context, ContextOptions
 from ollama_py.llama.model import Model
 from ollama_py.store import default_model
+from tests import fixtures_models
 from tests.server_harness import LiveServer, default_store, live_server, server_settings
 
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     return default_model.ensure(settings.load().cache)
+
+
+@pytest.fixture(scope="session")
+def f16_model_path() -> Path:
+    """The default model dequantized to F16 (generated once, cached)."""
+    return fixtures_models.f16_model(settings.load().cache)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,14 @@ from ollama_py.store import create
 from ollama_py.store.manifests import Store
 
 MODEL = "smollm2:135m"
+# ChatML with a reasoning block in Ollama's Go syntax, as thinking models' templates are written: a model
+# created from MODEL with it thinks (and the default model, never closing the block, only thinks).
+THINKING_CHATML = (
+    "{{- range $i, $m := .Messages }}<|im_start|>{{ .Role }}\n"
+    "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+    "{{ if $.Think }}<think>\n{{ end }}"
+)
 # How long anything a test waits for may take: CI runs on two shared, often busy cores. A test fails when
 # the thing never happens; it never times how fast it happens (bench/ measures speed).
 GUARD = 300.0

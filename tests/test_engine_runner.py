@@ -129,10 +129,10 @@ async def test_num_predict_ends_with_length(model: Model, runner: Runner) -> Non
     assert result.done.eval_count == 7 == len(result.tokens)
 
 
-async def test_context_end_ends_with_length(model: Model) -> None:
+async def test_context_end_without_shift_ends_with_length(model: Model) -> None:
     with Runner(model, RunnerOptions(num_ctx=64, num_parallel=1, num_batch=64)) as small:
         prompt = chat_prompt(model, "Write a long poem about the sea.")
-        result = await run(small, prompt, Sampling(temperature=0, num_predict=-1))
+        result = await run(small, prompt, Sampling(temperature=0, num_predict=-1), shift=False)
     assert result.done.reason is DoneReason.LENGTH
     assert len(prompt) + result.done.eval_count == small.num_ctx
 

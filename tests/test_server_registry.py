@@ -71,3 +71,25 @@ def test_pulling_the_default_model_needs_no_network(tmp_path: Path) -> None:
         assert client.pull(MODEL).status == "success"
         assert [m.model for m in client.list().models] == [MODEL]
         assert client.pull(MODEL).status == "success"  # already there
+
+
+def test_create_from_a_model_not_in_the_store_pulls_it_first(server: LiveServer, registry: RegistryProcess) -> None:
+    client = ollama.Client(host=server.url)
+    remote = f"{registry.host}/library/base:v1"
+    client.copy(MODEL, remote)
+    list(client.push(remote, insecure=True, stream=True))
+    client.delete(remote)
+    assert remote not in {m.model for m in client.list().models}
+    updates = list(client.create("derived-from-remote", from_=remote, system="Answer briefly.", stream=True))
+    seen = statuses(updates)
+    assert seen[0] == "gathering model components" and seen[-1] == "success"
+    assert seen.index("pulling manifest") < seen.index("writing manifest")
+    assert seen.count("success") == 1  # the pull's own success does not end the create's stream
+    listed = {m.model for m in client.list().models}
+    assert {remote, "derived-from-remote:latest"} <= listed
+    assert "SYSTEM Answer briefly." in (client.show("derived-from-remote").modelfile or "")
+    with pytest.raises(ollama.ResponseError) as absent:
+        client.create("never", from_=f"{registry.host}/library/absent:v1")
+    assert absent.value.status_code == 404 and "not found" in absent.value.error
+    client.delete("derived-from-remote")
+    client.delete(remote)

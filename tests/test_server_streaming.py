@@ -23,11 +23,10 @@ from ollama_py import settings
 from ollama_py.engine.supervisor import ProcessBackend
 from ollama_py.engine.front import Engine
 from ollama_py.server import streaming
-from ollama_py.server.app import SHUTDOWN_TIMEOUT
 from ollama_py.server.errors import ApiError
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import errors, observe
-from ollama_py.server.services import SERVICES, Services
+from ollama_py.server.services import SERVICES, Services, listing_executor
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
 from tests.server_harness import GUARD, MODEL, default_store, live_server, server_settings, wait_for
@@ -57,7 +56,8 @@ def failing_app(root: Path) -> web.Application:
     engine = Engine(Settings(), ProcessBackend(Settings()))
     metrics = Metrics(engine)
     app = web.Application(middlewares=[observe(metrics), errors])
-    app[SERVICES] = Services(settings=Settings(), store=Store(root), engine=engine, metrics=metrics)
+    app[SERVICES] = Services(settings=Settings(), store=Store(root), engine=engine, metrics=metrics,
+                             listing=listing_executor(1))
     app.router.add_post("/api/stream", ndjson)
     app.router.add_post("/v1/stream", sse)
     app.router.add_post("/api/early", early)
@@ -177,7 +177,7 @@ def test_sigterm_lets_streams_end_within_the_bound_and_exits_cleanly(tmp_path: P
             server.send_signal(signal.SIGTERM)
             # The answer may finish by itself; if not, the server cuts it after the shutdown bound.
             assert all(json.loads(line) for line in lines if line)
-        assert server.wait(timeout=SHUTDOWN_TIMEOUT + 60) == 0
+        assert server.wait(timeout=2 * Settings().shutdown_timeout + 60) == 0
         assert b"Traceback" not in log_path.read_bytes()
     finally:
         if server.poll() is None:

@@ -139,6 +139,9 @@ class Metrics(msgspec.Struct, kw_only=True, omit_defaults=True):
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0
+    # How many of prompt_eval_count came from the cache instead of being evaluated; sent, even as 0, on
+    # final chunks only (Ollama's *int).
+    prompt_eval_cached_count: int | None = None
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0

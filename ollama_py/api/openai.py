@@ -115,8 +115,6 @@ class Reasoning(msgspec.Struct, kw_only=True):
     effort: str | None = None  # as reasoning_effort; wins over it when both are given, as in Ollama
 
 
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "max", "xhigh", "ultra")
-
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
@@ -145,7 +143,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    reasoning_effort: str | None = None  # one of REASONING_EFFORTS
+    reasoning_effort: str | None = None  # one of api.options.REASONING_EFFORTS
     reasoning: Reasoning | None = None
     keep_alive: str | int | float | None = None  # Ollama's, for clients that pass it as an extra
 
@@ -170,10 +168,15 @@ class ChoiceLogprobs(msgspec.Struct, kw_only=True):
     content: list[TokenLogprob] | None
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class PromptTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int = 0  # prompt tokens served from the prompt cache
+
+
+class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):

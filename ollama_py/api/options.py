@@ -44,6 +44,25 @@ def think_setting(think: Think | None) -> tuple[bool | None, str]:
     return True, think
 
 
+# OpenAI's reasoning efforts on Ollama's scale (openai.go thinkFromReasoningEffort): past either end of it
+# ("minimal", "xhigh", and "ultra" that clients add), the nearest level rather than a refusal.
+_EFFORTS: dict[str, Think] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                              "max": "max", "xhigh": "max", "ultra": "max"}
+REASONING_EFFORTS = tuple(_EFFORTS)
+
+
+def think_from_effort(effort: str | None) -> Think | None:
+    """An OpenAI reasoning effort as Ollama's `think`; None or "" leaves it to the template.
+
+    Raises ValueError for an effort Ollama refuses.
+    """
+    if not effort:
+        return None
+    if effort not in _EFFORTS:
+        raise ValueError(f"invalid reasoning value {effort!r} (must be one of {', '.join(REASONING_EFFORTS)})")
+    return _EFFORTS[effort]
+
+
 Format = str | dict[str, Any]
 """`format`: "json" for any JSON object, or a JSON schema the answer must satisfy."""
 

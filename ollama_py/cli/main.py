@@ -163,8 +163,10 @@ def serve(**flags: str | bool | None) -> None:
 @click.argument("model")
 @click.option("-f", "--file", "path", default="Modelfile", show_default=True, type=click.Path(dir_okay=False),
               help="Name of the Modelfile.")
+@click.option("-q", "--quantize", default="", metavar="TYPE",
+              help="Quantize model to this level (e.g. q4_K_M, q4_K_S, q8_0).")
 @pass_session
-def create(session: Session, model: str, path: str) -> None:
+def create(session: Session, model: str, path: str, quantize: str) -> None:
     """Create a model from a Modelfile."""
     modelfile_path = Path(path).absolute()
     try:
@@ -173,7 +175,7 @@ def create(session: Session, model: str, path: str) -> None:
         raise ClientError(f"{path}: {exc.strerror}") from None
     except modelfiles.ModelfileError as exc:
         raise ClientError(f"{path}: {exc}") from None
-    models.create(session.connect(), model, parsed, modelfile_path.parent)
+    models.create(session.connect(), model, parsed, modelfile_path.parent, quantize=quantize)
 
 
 @main.command(epilog=_env_help("OLLAMA_HOST"))

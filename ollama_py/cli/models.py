@@ -80,7 +80,7 @@ def _local_file(value: str, base: Path) -> Path | None:
 
 
 def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
-                   view: ProgressView) -> CreateRequest:
+                   view: ProgressView, *, quantize: str = "") -> CreateRequest:
     """The /api/create body for a parsed Modelfile; its local files are uploaded as blobs first."""
     source = _local_file(modelfile.from_, base)
     files = {source.name: _upload(client, source, view)} if source else None
@@ -94,10 +94,10 @@ def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
         model=name, from_="" if source else modelfile.from_, files=files, adapters=adapters or None,
         template=modelfile.template, system=modelfile.system, parameters=modelfile.parameters or None,
         messages=[Message(role=m.role, content=m.content) for m in modelfile.messages] or None,
-        license=modelfile.licenses or None)
+        license=modelfile.licenses or None, quantize=quantize)
 
 
-def create(client: Client, name: str, modelfile: Modelfile, base: Path) -> None:
+def create(client: Client, name: str, modelfile: Modelfile, base: Path, *, quantize: str = "") -> None:
     with ProgressView() as view:
-        request = create_request(client, name, modelfile, base, view)
+        request = create_request(client, name, modelfile, base, view, quantize=quantize)
         follow(client.stream("/api/create", request, type=ProgressResponse), view)

@@ -42,6 +42,7 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     runner: RunnerOptions = RunnerOptions()
     num_gpu: int = -1  # layers on the GPU; -1: as many as fit
     template: str = ""  # a Jinja chat template to use instead of the GGUF's own
+    adapters: tuple[Path, ...] = ()  # GGUF LoRA adapters: the same weights with other adapters are another model
 
     def offload(self, free_vram: int) -> Plan:
         """The GPU layers and memory of this spec, given the GPUs' free memory (Ollama's num_gpu)."""

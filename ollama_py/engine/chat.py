@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from ollama_py.engine import limits as work_limits
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
-from ollama_py.engine.gotemplate import TemplateError
+from ollama_py.engine.gotemplate import LimitExceeded, Limits, TemplateError
+from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.runner import Runner
 from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
 from ollama_py.llama.model import Model
-from ollama_py.llama.sampler import Grammar
+from ollama_py.llama.sampler import Grammar, GrammarError, SamplerChain, SamplerConfig
 from ollama_py.llama.shim import ChatApplied, ChatTemplates, ShimError, ToolCall, json_schema_to_grammar
 from ollama_py.store.create import derived_template
 
@@ -51,7 +54,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     think_level: str = ""
     sampling: Sampling = Sampling()
     truncate: bool = True
-    shift: bool = True  # Ollama's `shift`: make room in a full context rather than stop
+    shift: bool = True  # go on past the context's end by dropping its oldest tokens (Ollama's `shift`)
     logprobs: bool = False
     top_logprobs: int = 0
     # The model's TEMPLATE (or a request's own), in Ollama's Go syntax. "" or the template our import derived
@@ -102,17 +105,26 @@ class _Rendered(Protocol):
 _R = TypeVar("_R", bound=_Rendered)
 
 
-def grammar_for_format(fmt: str | dict[str, Any] | None) -> Grammar | None:
-    """Ollama's `format`: "" or None is free text, "json" an object, a dict a JSON schema."""
+def grammar_for_format(fmt: str | dict[str, Any] | None,
+                       max_bytes: int = work_limits.DEFAULT.max_grammar_bytes) -> Grammar | None:
+    """Ollama's `format`: "" or None is free text, "json" an object, a dict a JSON schema.
+
+    A grammar's size is what each sampled token pays for (a schema's long `enum` stalls every stream on
+    the model), so one over `max_bytes` is refused.
+    """
     if fmt is None or fmt == "":
         return None
     if fmt == "json":
         return Grammar(gbnf=json_schema_to_grammar(_JSON_OBJECT))
     if isinstance(fmt, dict):
         try:
-            return Grammar(gbnf=json_schema_to_grammar(fmt))
-        except ShimError as exc:
+            gbnf = json_schema_to_grammar(fmt)
+        except (ShimError, TypeError, OverflowError) as exc:  # TypeError: a number JSON cannot carry to C++
             raise ValueError(f"invalid JSON schema in format: {exc}") from None
+        if len(gbnf) > max_bytes:
+            raise ValueError(f"the JSON schema in format makes a grammar of {len(gbnf)} bytes, more than this "
+                             f"server allows ({max_bytes}, {work_limits.GRAMMAR_SETTING})")
+        return Grammar(gbnf=gbnf)
     raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
 
 
@@ -124,11 +136,31 @@ def _reasoning_effort(level: str) -> dict[str, Any]:
     return {"reasoning_effort": "high" if level == "max" else level}
 
 
+def _droppable_turns(messages: list[dict[str, Any]]) -> list[list[int]]:
+    """The indexes of the turns truncation may drop, oldest first: each non-system message but the last,
+    with the tool results that follow it (never the last message)."""
+    turns: list[list[int]] = []
+    i, last = 0, len(messages) - 1
+    while i < last:
+        if messages[i].get("role") == "system":
+            i += 1
+            continue
+        turn = [i]
+        i += 1
+        while i < last and messages[i].get("role") == "tool":
+            turn.append(i)
+            i += 1
+        turns.append(turn)
+    return turns
+
+
 class ChatFormatter:
     """A model's chat templates (or a Jinja override) and what it can do with them."""
 
-    def __init__(self, model: Model, template_override: str = "") -> None:
+    def __init__(self, model: Model, template_override: str = "",
+                 limits: WorkLimits = work_limits.DEFAULT) -> None:
         self.model = model
+        self.limits = limits
         self.templates = ChatTemplates(model, template_override)
         # What our import stores as TEMPLATE for this GGUF: such a model keeps its own template.
         self._derived = derived_template(model.chat_template())
@@ -152,24 +184,37 @@ class ChatFormatter:
         except TemplateError as exc:
             raise ValueError(f"the model's template is not valid: {exc}") from None
 
-    def prepare(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
+    def prepare(self, chat: ChatRequest, num_ctx: int, cancelled: threading.Event | None = None) -> PreparedChat:
         """Renders and tokenizes the conversation, dropping its oldest turns if it does not fit.
 
-        Blocking (template rendering and tokenization); run it off the event loop.
-        Raises ValueError for requests the model cannot serve, as Ollama answers 400.
+        Blocking (template rendering and tokenization); run it off the event loop. A Go template's rendering
+        stops at the limits, or when `cancelled` is set. Raises ValueError for requests the model cannot
+        serve, as Ollama answers 400.
         """
         if any(m.get("images") for m in chat.messages):
             raise ValueError(f"{chat.model or 'the model'} does not support images")
         template = self.go_template(chat.template)
         if template is None:
             return self._prepare_own(chat, num_ctx)
-        return self._prepare_go(chat, template, num_ctx)
+        return self._prepare_go(chat, template, num_ctx, self.limits.template(cancelled))
+
+    def grammar(self, fmt: str | dict[str, Any] | None) -> Grammar | None:
+        """The grammar for `format`, within this server's size bound, checked by llama.cpp's own parser: a
+        grammar it refuses (left recursion, repetitions past its bound) is the request's fault, told now."""
+        grammar = grammar_for_format(fmt, self.limits.max_grammar_bytes)
+        if grammar is not None:
+            try:
+                SamplerChain(self.model.vocab, SamplerConfig(grammar=grammar)).close()
+            except GrammarError:
+                raise ValueError("the JSON schema in format makes a grammar llama.cpp cannot use "
+                                 "(a recursive reference, or a repetition count too large)") from None
+        return grammar
 
     def _prepare_own(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
         """The model's own template, through llama.cpp: its lazy tool grammar, stops and special tokens too."""
         if chat.tools and not self.supports_tools:
             raise ValueError(f"{chat.model or 'the model'} does not support tools")
-        grammar = grammar_for_format(chat.format)
+        grammar = self.grammar(chat.format)
         applied, prompt = self._fit(chat, num_ctx, lambda messages: self._apply(chat, messages))
         if chat.think and not applied.supports_thinking:
             applied.close()
@@ -189,7 +234,7 @@ class ChatFormatter:
             special_tokens=self._single_tokens(applied.preserved_tokens), grammar_prefill=prefill)
         return PreparedChat(request=request, applied=applied)
 
-    def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int) -> PreparedChat:
+    def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int, limits: Limits) -> PreparedChat:
         """A Go template, as Ollama's server uses one: what it can do is what it mentions, a thinking model
         thinks unless told not to, and answers are read with the tags the template shows."""
         if chat.tools and not template.supports_tools:
@@ -198,11 +243,15 @@ class ChatFormatter:
             raise ValueError(f"{chat.model or 'the model'} does not support thinking")
         think = chat.think if chat.think is not None else (True if template.supports_thinking else None)
         names = tuple(str((t.get("function") or {}).get("name") or "") for t in chat.tools)
-        grammar = grammar_for_format(chat.format)
+        grammar = self.grammar(chat.format)
 
         def render(messages: list[dict[str, Any]]) -> RenderedPrompt:
             try:
-                text = template.render(messages, chat.tools, think=think, think_level=chat.think_level)
+                text = template.render(messages, chat.tools, think=think, think_level=chat.think_level,
+                                       limits=limits)
+            except LimitExceeded as exc:
+                raise ValueError(f"cannot render the conversation with the model's template: "
+                                 f"{work_limits.describe(exc)}") from None
             except TemplateError as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
             # Read with the tags even when thinking is off: a model that reasons anyway keeps its reasoning
@@ -221,63 +270,95 @@ class ChatFormatter:
         """The conversation rendered and tokenized, without its oldest non-system turns while it does not fit.
 
         A tool result goes with the call before it, as Ollama drops them: a result without its call would
-        answer a question the model never asked. Raises PromptTooLong when it does not fit and the request
-        forbids truncating.
+        answer a question the model never asked. The fewest turns to drop is found by bisection, so a long
+        conversation is rendered a logarithmic number of times, not once per dropped turn (a prompt only
+        shrinks as turns go). Raises PromptTooLong when it does not fit and the request forbids truncating.
         """
         messages = list(chat.messages)
-        while True:
-            rendered = render(messages)
-            prompt = self.model.vocab.tokenize(rendered.prompt, add_special=True, parse_special=True)
-            if len(prompt) < num_ctx:
-                return rendered, prompt
-            if not chat.truncate:
-                rendered.close()
-                raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length "
-                                    f"({num_ctx})")
-            oldest = next((i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"), None)
-            if oldest is None:
-                return rendered, prompt  # only system messages and the last one remain: the runner cuts tokens
+        first = self._render_tokens(render, messages)
+        if len(first[1]) < num_ctx:
+            return first
+        if not chat.truncate:
+            first[0].close()
+            raise PromptTooLong(f"the prompt ({len(first[1])} tokens) is longer than the context length "
+                                f"({num_ctx})")
+        turns = _droppable_turns(messages)
+        if not turns:
+            return first  # only system messages and the last one: the runner cuts tokens
+        first[0].close()
+        fitting: tuple[int, tuple[_R, list[int]]] | None = None
+        shortest: tuple[_R, list[int]] | None = None  # every turn dropped, kept if nothing fits
+        low, high = 1, len(turns)
+        while low <= high:
+            middle = (low + high) // 2
+            gone = {i for turn in turns[:middle] for i in turn}
+            tried = self._render_tokens(render, [m for i, m in enumerate(messages) if i not in gone])
+            if len(tried[1]) < num_ctx:
+                if fitting is not None:
+                    fitting[1][0].close()
+                fitting, high = (middle, tried), middle - 1
+            elif middle == len(turns):
+                shortest, low = tried, middle + 1
+            else:
+                tried[0].close()
+                low = middle + 1
+        if fitting is None:
+            assert shortest is not None
+            log.info("request %s: dropped all %d older turns and still does not fit %d tokens", chat.id,
+                     len(turns), num_ctx)
+            return shortest
+        log.info("request %s: dropped its %d oldest turns to fit %d tokens", chat.id, fitting[0], num_ctx)
+        return fitting[1]
+
+    def _render_tokens(self, render: Callable[[list[dict[str, Any]]], _R],
+                       messages: list[dict[str, Any]]) -> tuple[_R, list[int]]:
+        rendered = render(messages)
+        try:
+            return rendered, self.model.vocab.tokenize(rendered.prompt, add_special=True, parse_special=True)
+        except BaseException:
             rendered.close()
-            del messages[oldest]
-            while oldest < len(messages) - 1 and messages[oldest].get("role") == "tool":
-                del messages[oldest]
-            log.info("request %s: dropped its oldest message to fit %d tokens", chat.id, num_ctx)
+            raise
 
     def prepare_generate(self, chat: ChatRequest, prompt: str, *, system: str = "", raw: bool = False,
-                         num_ctx: int, suffix: str = "") -> PreparedChat:
+                         num_ctx: int, suffix: str = "", cancelled: threading.Event | None = None) -> PreparedChat:
         """Ollama's /api/generate: the prompt as one user turn, or as it is when raw, or around a suffix
         (fill in the middle) through a Go template that takes one.
 
         `chat.messages` is ignored; the other fields apply as for a chat.
         """
         if suffix and not raw:
-            return self._prepare_insert(chat, prompt, suffix, num_ctx)
+            return self._prepare_insert(chat, prompt, suffix, num_ctx, self.limits.template(cancelled))
         if raw:
             if system:
                 raise ValueError("raw mode does not take a system prompt")
             tokens = self.model.vocab.tokenize(prompt, add_special=True, parse_special=True)
             request = GenerationRequest(
-                id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=grammar_for_format(chat.format),
+                id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=self.grammar(chat.format),
                 truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
             return PreparedChat(request=request, applied=None)
         turn = ({"role": "system", "content": system},) if system else ()
         return self.prepare(msgspec.structs.replace(chat, messages=turn + ({"role": "user", "content": prompt},)),
-                            num_ctx)
+                            num_ctx, cancelled)
 
-    def _prepare_insert(self, chat: ChatRequest, prompt: str, suffix: str, num_ctx: int) -> PreparedChat:
+    def _prepare_insert(self, chat: ChatRequest, prompt: str, suffix: str, num_ctx: int,
+                        limits: Limits) -> PreparedChat:
         """Fill in the middle: the template's `.Prompt` and `.Suffix`, and the model writes what goes between."""
         template = self.go_template(chat.template)
         if template is None or not template.supports_insert:
             raise ValueError(f"{chat.model or 'the model'} does not support insert")
         try:
-            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think, think_level=chat.think_level)
+            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think,
+                                   think_level=chat.think_level, limits=limits)
+        except LimitExceeded as exc:
+            raise ValueError(f"cannot render the prompt with the model's template: "
+                             f"{work_limits.describe(exc)}") from None
         except TemplateError as exc:
             raise ValueError(f"cannot render the prompt with the model's template: {exc}") from None
         tokens = self.model.vocab.tokenize(text, add_special=True, parse_special=True)
         if len(tokens) >= num_ctx and not chat.truncate:
             raise PromptTooLong(f"the prompt ({len(tokens)} tokens) is longer than the context length ({num_ctx})")
         request = GenerationRequest(
-            id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=grammar_for_format(chat.format),
+            id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=self.grammar(chat.format),
             truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
         return PreparedChat(request=request, applied=RenderedPrompt(prompt=text))
 

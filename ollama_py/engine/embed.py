@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ollama_py.engine.types import PromptTooLong
+from ollama_py.engine.types import EngineError, PromptTooLong
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions
@@ -55,19 +55,26 @@ class Embedder:
     def close(self) -> None:
         self._ctx.close()
 
-    def embed(self, inputs: list[str], *, truncate: bool = True, dimensions: int | None = None) -> EmbedResult:
+    def embed(self, inputs: list[str], *, truncate: bool = True, dimensions: int | None = None,
+              cancelled: threading.Event | None = None) -> EmbedResult:
         """One normalised vector per input, in order.
 
         Raises PromptTooLong for an input over the context when truncate is
-        false, ValueError for impossible dimensions.
+        false, ValueError for impossible dimensions, EngineError when
+        `cancelled` is set (checked between inputs and between decodes, so a
+        client that left stops the work within one decode).
         """
         if dimensions is not None and not 0 < dimensions <= self.model.n_embd:
             raise ValueError(f"dimensions must be between 1 and {self.model.n_embd}, got {dimensions}")
         start = time.monotonic_ns()
-        token_lists = [self._tokens(text, truncate) for text in inputs]
+        token_lists: list[list[int]] = []
+        for text in inputs:
+            _check(cancelled)
+            token_lists.append(self._tokens(text, truncate))
         vectors: list[list[float]] = []
         with self._lock, Batch(self.num_ctx, 1) as batch:
             for group in self._groups(token_lists):
+                _check(cancelled)
                 vectors.extend(self._embed_group(batch, group))
         if dimensions is not None:
             vectors = [_normalise(v[:dimensions]) for v in vectors]
@@ -106,6 +113,11 @@ class Embedder:
                 batch.add(token, pos, (seq,), True)
         self._ctx.decode(batch)
         return [self._ctx.embedding(seq) for seq in range(len(group))]
+
+
+def _check(cancelled: threading.Event | None) -> None:
+    if cancelled is not None and cancelled.is_set():
+        raise EngineError("the embedding request was cancelled")
 
 
 def _normalise(vector: list[float]) -> list[float]:

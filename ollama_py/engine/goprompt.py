@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from ollama_py.engine.gotemplate import (ActionNode, ChainNode, CommandNode, FieldNode, Function, IfNode, JSONList,
-                                         JSONMap, Nil, NilSlice, Node, OrderedMap, PipeNode, PropertyType, RangeNode,
-                                         Struct, StructType, Template, TextNode, VariableNode, WithNode, go_json)
+                                         JSONMap, Limits, Nil, NilSlice, Node, OrderedMap, PipeNode, PropertyType,
+                                         RangeNode, Struct, StructType, Template, TextNode, VariableNode, WithNode,
+                                         go_json)
 from ollama_py.llama.shim import ParsedMessage, ToolCall
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,9 @@ def thinking_tags(nodes: Sequence[Node]) -> tuple[str, str]:
 # Rendering
 
 
+_UNBOUNDED = Limits()
+
+
 class PromptTemplate:
     """A model's Go template, parsed once, with what Ollama reads from it: whether it takes tools, a suffix or
     thinking, and the tags its answers use."""
@@ -390,32 +394,34 @@ class PromptTemplate:
         return self.thinking_tags is not None
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = (), *,
-               think: bool | None = None, think_level: str = "", prompt: str = "", suffix: str = "") -> str:
-        """The prompt, as Ollama's template.Execute writes it. Raises TemplateError (a ValueError).
+               think: bool | None = None, think_level: str = "", prompt: str = "", suffix: str = "",
+               limits: Limits = _UNBOUNDED) -> str:
+        """The prompt, as Ollama's template.Execute writes it, each execution within `limits`.
 
         `.ThinkLevel` is the level asked for, or "medium" for a plain `think: true` (api.ThinkValue.String()).
+        Raises TemplateError (a ValueError), LimitExceeded when an execution stops at a limit.
         """
         common = {"Response": "", "Think": bool(think), "ThinkLevel": (think_level or "medium") if think else "",
                   "IsThinkSet": think is not None}
         if prompt and suffix:
-            return self.template.execute({"Prompt": prompt, "Suffix": suffix, **common})
+            return self.template.execute({"Prompt": prompt, "Suffix": suffix, **common}, limits)
         system, merged = collate(messages)
         if "messages" in self.vars:
             return self.template.execute({
                 "System": system,
                 "Messages": tuple(_message(m) for m in merged) if merged else NilSlice(),
                 "Tools": JSONList(_tool(t) for t in tools) if tools else NilJSONList(),
-                **common})
-        return self._render_legacy(merged, common)
+                **common}, limits)
+        return self._render_legacy(merged, common, limits)
 
-    def _render_legacy(self, messages: Sequence[Mapping[str, Any]], common: dict[str, Any]) -> str:
+    def _render_legacy(self, messages: Sequence[Mapping[str, Any]], common: dict[str, Any], limits: Limits) -> str:
         """A template without `.Messages`: one run per exchange, the last one cut after `.Response`."""
         out: list[str] = []
         turn = {"System": "", "Prompt": "", "Response": ""}
         for message in messages:
             role, content = message.get("role"), _text(message.get("content"))
             if role == "system" and (turn["Prompt"] or turn["Response"]) or role == "user" and turn["Response"]:
-                out.append(self.template.execute({**common, **turn}))
+                out.append(self.template.execute({**common, **turn}, limits))
                 turn = {"System": "", "Prompt": "", "Response": ""}
             if role == "system":
                 turn["System"] = content
@@ -423,7 +429,7 @@ class PromptTemplate:
                 turn["Prompt"] = content
             elif role == "assistant":
                 turn["Response"] = content
-        out.append(self.legacy_last.execute({**common, **turn}))
+        out.append(self.legacy_last.execute({**common, **turn}, limits))
         return "".join(out)
 
 

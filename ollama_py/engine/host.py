@@ -11,20 +11,27 @@ Each message from the server is applied here; each turn of the event loop
 sends one Events frame with every stream's new text (a runner step's tokens
 arrive in one turn), not one frame per token.
 
-Started by the supervisor as `python -P -m ollama_py.engine.host FD [--debug]`,
-FD being its end of the socket pair; it exits when the server closes that.
+A request's rendering is bounded (engine/limits.py): a Go template stops at
+its limits or when the request is cancelled; llama.cpp's Jinja cannot be
+stopped midway, so a rendering that overruns twice its time fails its request
+and this process exits, for the server to start the model afresh.
+
+Started by the supervisor as `python -P -m ollama_py.engine.host FD LIMITS [--debug]`,
+FD being its end of the socket pair, LIMITS the WorkLimits as JSON; it exits when the server closes that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 import threading
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,6 +39,7 @@ import msgspec
 from ollama_py.engine import placement, wire
 from ollama_py.engine.chat import ChatDelta, ChatFormatter, ChatRequest, PreparedChat, chat
 from ollama_py.engine.embed import Embedder
+from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.runner import Runner
 from ollama_py.engine.types import EngineError
 from ollama_py.llama.devices import add_rpc_server
@@ -39,6 +47,8 @@ from ollama_py.llama.lib import native_log
 from ollama_py.llama.model import Model, ModelOptions
 
 log = logging.getLogger(__name__)
+# The exit status of a process that gave up on a rendering it could not stop.
+EXIT_RENDER_OVERRUN = 70
 Call = wire.Start | wire.Load | wire.Unload | wire.Embed | wire.Tokenize | wire.Detokenize
 
 # Rendered and tokenized once at load, so that a template or vocabulary that crashes or hangs llama.cpp does
@@ -56,15 +66,18 @@ class _Hosted:
     embedder: Embedder | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def prepare(self, job: wire.ChatJob) -> PreparedChat:
+    def prepare(self, job: wire.ChatJob, cancelled: threading.Event | None = None) -> PreparedChat:
         """The job's prompt rendered and tokenized; ValueError for what the model cannot serve. Blocking."""
         num_ctx = self.runner.num_ctx
         if job.completion is not None:
             c = job.completion
             prepared = self.formatter.prepare_generate(job.chat, c.prompt, raw=c.raw, suffix=c.suffix,
-                                                       num_ctx=num_ctx)
+                                                       num_ctx=num_ctx, cancelled=cancelled)
         else:
-            prepared = self.formatter.prepare(job.chat, num_ctx)
+            prepared = self.formatter.prepare(job.chat, num_ctx, cancelled)
+        if not job.chat.shift:
+            prepared = PreparedChat(request=msgspec.structs.replace(prepared.request, shift=False),
+                                    applied=prepared.applied)
         if not job.context:
             return prepared
         n_tokens = self.model.vocab.n_tokens
@@ -76,13 +89,14 @@ class _Hosted:
         request = msgspec.structs.replace(prepared.request, prompt=job.context + prepared.request.prompt)
         return PreparedChat(request=request, applied=prepared.applied)
 
-    def embed(self, message: wire.Embed) -> wire.Embedded:
+    def embed(self, message: wire.Embed, cancelled: threading.Event | None = None) -> wire.Embedded:
         with self._lock:
             if self.embedder is None:  # made on first use: most models are never asked for embeddings
                 opts = self.load.runner
                 self.embedder = Embedder(self.model, num_ctx=opts.num_ctx, max_inputs=opts.num_parallel,
                                          num_thread=opts.num_thread)
-        result = self.embedder.embed(message.inputs, truncate=message.truncate, dimensions=message.dimensions)
+        result = self.embedder.embed(message.inputs, truncate=message.truncate, dimensions=message.dimensions,
+                                     cancelled=cancelled)
         return wire.Embedded(call=message.call, embeddings=result.embeddings,
                              prompt_eval_count=result.prompt_eval_count, total_duration=result.total_duration)
 
@@ -97,10 +111,13 @@ class _Hosted:
 class _Host:
     """Applies the server's messages; writes each loop turn's events back in one frame."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limits: WorkLimits) -> None:
         self._writer = writer
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
         self._hosted: dict[int, _Hosted] = {}
         self._streams: dict[int, asyncio.Task[None]] = {}
+        self._cancels: dict[int, threading.Event] = {}  # per call in progress: set when the server cancels it
         self._tasks: set[asyncio.Task[None]] = set()
         self._endpoints: dict[str, str] = {}  # device name to worker endpoint
         self._events = wire.Events()
@@ -117,6 +134,8 @@ class _Host:
                 case wire.Cancel(id=request_id):
                     if (task := self._streams.get(request_id)) is not None:
                         task.cancel()
+                    elif (cancelled := self._cancels.get(request_id)) is not None:
+                        cancelled.set()
                 case call:
                     self._call(calls[type(call)], call)
             self._schedule_flush()  # the stats changed: a request waits, or a model came or went
@@ -130,11 +149,14 @@ class _Host:
 
         async def run() -> None:
             reply: wire.ToServer
+            self._cancels[message.call] = threading.Event()
             try:
                 reply = await asyncio.to_thread(work, message)
             except Exception as exc:
                 log.warning("%s failed: %s", type(message).__name__, exc)
                 reply = wire.Error(call=message.call, message=str(exc), invalid=isinstance(exc, ValueError))
+            finally:
+                self._cancels.pop(message.call, None)
             self._writer.write(wire.frame(reply))
             self._schedule_flush()
 
@@ -152,12 +174,12 @@ class _Host:
     def _load(self, load: wire.Load) -> wire.Loaded:
         options = ModelOptions(n_gpu_layers=load.num_gpu, tensor_split=load.tensor_split or None)
         with placement.recording() as assigned:
-            model = Model(load.path, options)
+            model = Model(load.path, options, adapters=tuple(Path(a) for a in load.adapters))
         runner: Runner | None = None
         formatter: ChatFormatter | None = None
         try:
-            runner = Runner(model, load.runner)
-            formatter = ChatFormatter(model, load.template)
+            runner = Runner(model, load.runner, on_cancelled=self._stats_changed)
+            formatter = ChatFormatter(model, load.template, self._limits)
             probe = formatter.prepare(_PROBE, runner.num_ctx)
             if probe.applied is not None:
                 probe.applied.close()
@@ -178,7 +200,7 @@ class _Host:
         return wire.Unloaded(call=unload.call)
 
     def _embed(self, embed: wire.Embed) -> wire.Embedded:
-        return self._model(embed.model).embed(embed)
+        return self._model(embed.model).embed(embed, self._cancels.get(embed.call))
 
     def _tokenize(self, message: wire.Tokenize) -> wire.Tokens:
         vocab = self._model(message.model).model.vocab
@@ -199,9 +221,10 @@ class _Host:
         return hosted
 
     async def _chat(self, message: wire.Chat) -> None:
+        cancelled = threading.Event()
         try:
             hosted = self._model(message.model)
-            prepared = await asyncio.to_thread(hosted.prepare, message.job)
+            prepared = await self._prepare(hosted, message.job, cancelled)
             async with aclosing(chat(hosted.runner, prepared)) as events:  # type: ignore[type-var]
                 async for event in events:
                     if isinstance(event, ChatDelta):
@@ -216,8 +239,42 @@ class _Host:
             self._events.failed.append((message.id, wire.Failure(message=str(exc),
                                                                  invalid=isinstance(exc, ValueError))))
             self._schedule_flush()
+        except Exception as exc:  # our own fault; the request still ends, with a 500
+            log.exception("request %d failed", message.id)
+            self._events.failed.append((message.id, wire.Failure(message=f"internal error: {exc}")))
+            self._schedule_flush()
         finally:
+            cancelled.set()  # a rendering still going (the request was cancelled) stops at its next step
             self._streams.pop(message.id, None)
+
+    async def _prepare(self, hosted: _Hosted, job: wire.ChatJob, cancelled: threading.Event) -> PreparedChat:
+        """The job prepared in a thread, given twice the rendering time: a Go template stops by itself at its
+        limits, but llama.cpp's Jinja cannot be stopped. One that overruns fails its request, and this process
+        exits (its other requests fail too) so that the stuck thread goes with it."""
+        work = asyncio.ensure_future(asyncio.to_thread(hosted.prepare, job, cancelled))
+        overrun = 2 * self._limits.template_timeout
+        try:
+            done, _ = await asyncio.wait({work}, timeout=overrun)
+        except asyncio.CancelledError:
+            work.add_done_callback(_close_abandoned)
+            raise
+        if done:
+            return work.result()
+        work.add_done_callback(_close_abandoned)
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._exit_overrun(overrun)))
+        raise ValueError(f"rendering the prompt took longer than {overrun:g}s (twice OLLAMA_PY_TEMPLATE_TIMEOUT); "
+                         "the model's runner process restarts")
+
+    async def _exit_overrun(self, overrun: float) -> None:
+        self._flush()
+        await self._writer.drain()
+        log.error("a prompt rendering ran past %gs and cannot be stopped; exiting so the model starts afresh",
+                  overrun)
+        os._exit(EXIT_RENDER_OVERRUN)
+
+    def _stats_changed(self) -> None:
+        """From a runner thread: a slot freed without an event, so the server's view of it is stale."""
+        self._loop.call_soon_threadsafe(self._schedule_flush)
 
     def _schedule_flush(self) -> None:
         if not self._flush_pending:
@@ -234,6 +291,12 @@ class _Host:
                                                   stats=stats)))
 
 
+def _close_abandoned(work: asyncio.Future[PreparedChat]) -> None:
+    """Frees what a rendering nobody waits for made (its parser holds native memory)."""
+    if not work.cancelled() and work.exception() is None and (applied := work.result().applied) is not None:
+        applied.close()
+
+
 def _configure_logging(debug: bool) -> None:
     """Lines for the server to relay (it reads the level word); llama.cpp's debug lines reach `placement`."""
     handler = logging.StreamHandler(sys.stderr)
@@ -245,18 +308,18 @@ def _configure_logging(debug: bool) -> None:
     native_log.setLevel(logging.DEBUG)
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int, limits: WorkLimits) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     try:
-        await _Host(writer).serve(reader)
+        await _Host(writer, limits).serve(reader)
     finally:
         writer.close()
 
 
 def main(argv: list[str]) -> None:
-    _configure_logging("--debug" in argv[1:])
-    asyncio.run(_main(int(argv[0])))
+    _configure_logging("--debug" in argv[2:])
+    asyncio.run(_main(int(argv[0]), msgspec.json.decode(argv[1], type=WorkLimits)))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
+from ollama_py.engine.prompt_cache import (MIN_TOKENS, DiskCache, RamCache, SavedState, auto_ram_bytes,
+                                           common_prefix, model_digest)
 from ollama_py.engine.sampling import sampler_config
 from ollama_py.engine.stops import StopMatcher, TokenText
 from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, InvalidRequest,
@@ -49,15 +52,23 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     num_thread: int = 0  # 0: every core
     flash_attention: bool = True
     kv_cache_type: str = "f16"
+    # Saved prompt states beyond the slots (engine/prompt_cache.py); not load options: they never change
+    # what a sequence computes, only what it need not compute again.
+    cache_ram: int = -1  # bytes of host RAM; -1: a quarter of what is available, at most 8 GiB; 0: off
+    cache_dir: str = ""  # a directory that keeps finished requests' states across restarts; "": none
+    cache_disk: int = 10 << 30  # bytes that directory may hold for this model and these options
 
 
-def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool) -> tuple[list[int], bool]:
+def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool,
+               shift: bool = True) -> tuple[list[int], bool]:
     """The prompt cut to leave room for an answer, and whether it was cut.
 
-    Like Ollama, the first `num_keep` tokens stay and the oldest tokens after
-    them go. Ollama cuts to exactly num_ctx and then shifts the context as it
-    generates; we have no context shift, so we cut to three quarters of the
-    context as llama-server does, leaving the rest for the answer.
+    As in Ollama, the first `num_keep` tokens stay and the oldest after them
+    go. Ollama cuts a long prompt to the context and then shifts the context
+    while prefilling, dropping half of what follows `num_keep`: the same
+    prompt is cut here at once to `num_keep` plus half of the rest. Without
+    shifting the answer has only the room the prompt leaves, so the prompt is
+    cut to three quarters of the context, as llama-server does.
     """
     if not prompt:
         raise ValueError("the prompt has no tokens")
@@ -65,17 +76,13 @@ def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool) -
         return prompt, False
     if not truncate:
         raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length ({num_ctx})")
-    target = max(1, num_ctx * 3 // 4)
-    keep = min(max(num_keep, 0), target - 1)
+    if shift:
+        keep = min(max(num_keep, 0), num_ctx - 1)
+        target = keep + (num_ctx - keep) // 2
+    else:
+        target = max(1, num_ctx * 3 // 4)
+        keep = min(max(num_keep, 0), target - 1)
     return prompt[:keep] + prompt[len(prompt) - (target - keep):], True
-
-
-def common_prefix(a: list[int], b: tuple[int, ...] | list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class _Stream:
@@ -96,6 +103,8 @@ class RunnerStats:
     waiting: int  # submitted, not yet given a slot
     kv_tokens: int  # tokens whose keys and values the context holds, over all slots
     kv_capacity: int
+    cache_states: int = 0  # prompt states saved in host RAM beyond the slots
+    cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,16 @@ class _Submit:
     stream: _Stream
     submitted_ns: int
     truncated: bool
+    restored: SavedState | None = None  # read from the disk tier for this request
+    disk_checked: bool = False
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """The disk tier's answer for a request that waited on it."""
+
+    submit: _Submit
+    state: SavedState | None
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,7 @@ class _Job:
     sampler: SamplerChain
     pending: list[int]
     prompt_eval_count: int
+    cached: int  # prompt tokens whose keys and values were already there (slot, RAM or disk)
     admitted_ns: int
     text: TokenText = field(default_factory=TokenText)
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
@@ -138,6 +158,8 @@ class _Slot:
     cache: list[int] = field(default_factory=list)  # tokens whose keys and values the context holds
     job: _Job | None = None
     last_used: int = 0
+    shifted: bool = False  # the context was shifted: past `keep`, the cells no longer match a fresh prefill
+    keep: int = 0
 
 
 async def events_until_done(pending: asyncio.Queue[E | Failed], abandon: Callable[[], None],
@@ -165,7 +187,10 @@ async def events_until_done(pending: asyncio.Queue[E | Failed], abandon: Callabl
 class Runner:
     """Serves one model to many concurrent requests on a thread of its own."""
 
-    def __init__(self, model: Model, options: RunnerOptions = RunnerOptions()) -> None:
+    def __init__(self, model: Model, options: RunnerOptions = RunnerOptions(),
+                 on_cancelled: Callable[[], None] = lambda: None) -> None:
+        """`on_cancelled` is called on the runner thread when a cancel freed a slot or a place in the queue:
+        no event tells anyone else, and whoever reports `stats()` must hear of it."""
         if options.kv_cache_type not in _KV_TYPES:
             raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
         self.model = model
@@ -184,12 +209,24 @@ class Runner:
         # llama.cpp pads the context; a slot still holds only what was asked for.
         self.num_ctx: int = min(n_ctx, self._ctx.n_ctx_seq)
         self._vocab: Vocab = model.vocab
-        self._inbox: queue.SimpleQueue[_Submit | _Cancel | _Stop] = queue.SimpleQueue()
+        self._can_shift = self._ctx.can_shift()
+        ram = auto_ram_bytes() if options.cache_ram < 0 else options.cache_ram
+        self._ram = RamCache(ram) if ram > 0 else None
+        self._disk: DiskCache | None = None
+        if options.cache_dir:
+            # What the saved bytes depend on: the weights and the cache's layout (flash attention stores
+            # V untransposed); llama.cpp checks its own format version when it reads a state back.
+            key = {"model": model_digest(model.path), "kv_cache_type": options.kv_cache_type,
+                   "flash_attention": options.flash_attention}
+            self._disk = DiskCache(Path(options.cache_dir), key, options.cache_disk)
+        self._loading: dict[_Stream, _Submit] = {}  # waiting on the disk tier
+        self._inbox: queue.SimpleQueue[_Submit | _Loaded | _Cancel | _Stop] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders "is the thread alive" against new submissions
         self._dead: str | None = None
         self._slots = [_Slot(seq) for seq in range(options.num_parallel)]
         self._waiting: deque[_Submit] = deque()
         self._step = 0
+        self._on_cancelled = on_cancelled
         self._thread = threading.Thread(target=self._run, name=f"runner {model.path.name}", daemon=True)
         self._thread.start()
 
@@ -203,7 +240,7 @@ class Runner:
         `contextlib.aclosing` so that happens at once.
         """
         prompt, truncated = fit_prompt(list(request.prompt), self.num_ctx, request.sampling.num_keep,
-                                       request.truncate)
+                                       request.truncate, request.shift and self._can_shift)
         if truncated:
             log.warning("prompt of request %s truncated from %d to %d tokens", request.id, len(request.prompt),
                         len(prompt))
@@ -226,6 +263,8 @@ class Runner:
         if self._thread.is_alive():
             self._inbox.put(_Stop())
             self._thread.join()
+        if self._disk is not None:
+            self._disk.close()
         self._ctx.close()
 
     def __enter__(self) -> Runner:
@@ -241,8 +280,9 @@ class Runner:
     def stats(self) -> RunnerStats:
         return RunnerStats(
             slots_busy=sum(1 for s in self._slots if s.job is not None), slots_total=len(self._slots),
-            waiting=len(self._waiting) + self._inbox.qsize(),
-            kv_tokens=sum(len(s.cache) for s in self._slots), kv_capacity=self.num_ctx * len(self._slots))
+            waiting=len(self._waiting) + len(self._loading) + self._inbox.qsize(),
+            kv_tokens=sum(len(s.cache) for s in self._slots), kv_capacity=self.num_ctx * len(self._slots),
+            cache_states=len(self._ram) if self._ram else 0, cache_bytes=self._ram.bytes if self._ram else 0)
 
     @property
     def steps(self) -> int:
@@ -276,8 +316,9 @@ class Runner:
                 break
             if isinstance(message, _Submit):
                 self._waiting.append(message)
-        outbox.extend((s.stream, Failed(message=reason)) for s in self._waiting)
+        outbox.extend((s.stream, Failed(message=reason)) for s in [*self._waiting, *self._loading.values()])
         self._waiting.clear()
+        self._loading.clear()
         self._post(outbox)
 
     def _busy(self) -> bool:
@@ -293,12 +334,18 @@ class Runner:
             match message:
                 case _Submit():
                     self._waiting.append(message)
+                case _Loaded(submit, state):
+                    if self._loading.pop(submit.stream, None) is not None:  # else cancelled meanwhile
+                        self._waiting.appendleft(replace(submit, restored=state, disk_checked=True))
                 case _Cancel(stream):
                     self._cancel(stream)
+                    self._on_cancelled()
                 case _Stop():
                     return False
 
     def _cancel(self, stream: _Stream) -> None:
+        if self._loading.pop(stream, None) is not None:
+            return
         for submit in self._waiting:
             if submit.stream is stream:
                 self._waiting.remove(submit)
@@ -310,7 +357,12 @@ class Runner:
                 return
 
     def _admit(self) -> None:
-        """Gives waiting requests, oldest first, the free slot that already holds most of their prompt."""
+        """Gives waiting requests, oldest first, a free slot holding the longest start of their prompt.
+
+        That start is what the best free slot holds, or a saved state restored into the least recently used
+        free slot when it holds more. A state on disk is read on the disk tier's thread while its request
+        waits (others go ahead), so running streams never wait on a file.
+        """
         while self._waiting:
             free = [s for s in self._slots if s.job is None]
             if not free:
@@ -318,6 +370,23 @@ class Runner:
             submit = self._waiting.popleft()
             prompt = submit.request.prompt
             slot = max(free, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
+            in_slot = common_prefix(slot.cache, prompt)
+            saved, in_saved = self._ram.longest(prompt) if self._ram is not None else (None, 0)
+            if submit.restored is not None and (n := common_prefix(submit.restored.tokens, prompt)) > in_saved:
+                saved, in_saved = submit.restored, n
+            if (self._disk is not None and not submit.disk_checked
+                    and self._disk.longest(prompt) >= max(in_slot, in_saved) + MIN_TOKENS):
+                self._loading[submit.stream] = submit
+                self._disk.load(prompt, lambda state, s=submit: self._inbox.put(_Loaded(s, state)))
+                continue
+            # Restoring is a copy of the state, cheaper than prefilling even a few tokens.
+            restore = saved is not None and min(in_saved, len(prompt) - 1) > min(in_slot, len(prompt) - 1)
+            if restore:
+                slot = min(free, key=lambda s: s.last_used)
+            self._save(slot, 0 if restore else min(common_prefix(slot.cache, prompt), len(prompt) - 1))
+            if restore:
+                assert saved is not None
+                self._restore(slot, saved)
             # The last prompt token is always decoded again: its logits are the first sample's.
             keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
             if not self._ctx.seq_rm(slot.seq, keep, -1):
@@ -330,9 +399,29 @@ class Runner:
                 self._post([(submit.stream, Failed(message=str(exc), invalid=isinstance(exc, GrammarError)))])
                 continue
             slot.job = _Job(submit=submit, sampler=sampler, pending=list(prompt[keep:]),
-                            prompt_eval_count=len(prompt) - keep, admitted_ns=time.monotonic_ns(),
+                            prompt_eval_count=len(prompt) - keep, cached=keep, admitted_ns=time.monotonic_ns(),
                             stops=StopMatcher(submit.request.sampling.stop))
+            slot.keep = min(max(submit.request.sampling.num_keep, 0), self.num_ctx - 1)
             log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
+
+    def _save(self, slot: _Slot, kept: int) -> None:
+        """Keeps in RAM what the slot holds when its next request keeps only `kept` tokens of it."""
+        if self._ram is None or len(slot.cache) - kept < MIN_TOKENS:
+            return
+        if not self._ram.covers(slot.cache):
+            self._ram.add(SavedState(tuple(slot.cache), self._ctx.seq_state(slot.seq)))
+
+    def _restore(self, slot: _Slot, saved: SavedState) -> None:
+        self._ctx.seq_rm(slot.seq)
+        slot.cache.clear()
+        if self._ctx.set_seq_state(saved.data, slot.seq):
+            slot.cache.extend(saved.tokens)
+            if self._ram is not None:
+                self._ram.touch(saved)
+        else:
+            log.warning("llama.cpp refused a saved prompt state of %d tokens; prefilling instead",
+                        len(saved.tokens))
+            self._ctx.seq_rm(slot.seq)
 
     def _sampler(self, request: GenerationRequest, prompt: tuple[int, ...]) -> SamplerChain:
         sampler = SamplerChain(self._vocab, sampler_config(request.sampling, request.grammar))
@@ -358,6 +447,8 @@ class Runner:
         for slot in self._slots:
             job = slot.job
             if job is not None and job.next_token is not None:
+                if len(slot.cache) + 1 >= self.num_ctx:
+                    self._shift(slot)
                 job.out_index = batch.add(job.next_token, len(slot.cache), (slot.seq,), True)
                 slot.cache.append(job.next_token)
                 job.next_token = None
@@ -415,12 +506,28 @@ class Runner:
         logprob = self._logprob(job.out_index, token, request.top_logprobs) if request.logprobs else None
         if text or logprob is not None:
             outbox.append((stream, Token(text=text, token=token, logprob=logprob)))
+        shift = request.shift and self._can_shift
         if stopped:
             self._finish(slot, DoneReason.STOP, outbox, flush=False)
-        elif 0 < num_predict <= job.eval_count or len(slot.cache) + 1 >= self.num_ctx:
+        elif 0 < num_predict <= job.eval_count or (len(slot.cache) + 1 >= self.num_ctx and not shift):
             self._finish(slot, DoneReason.LENGTH, outbox)
         else:
             job.next_token = token
+
+    def _shift(self, slot: _Slot) -> None:
+        """Makes room as Ollama does: the first `keep` tokens stay, the oldest half of the rest goes.
+
+        The cells after the gap move back (llama.cpp re-rotates their keys), so they no longer match what a
+        fresh prefill of the remaining tokens would compute: once the request ends the slot keeps only its
+        first `keep` tokens for reuse.
+        """
+        keep = min(slot.keep, len(slot.cache) - 1)
+        discard = max(1, (len(slot.cache) - keep) // 2)
+        self._ctx.seq_rm(slot.seq, keep, keep + discard)
+        self._ctx.seq_add(slot.seq, keep + discard, -1, -discard)
+        del slot.cache[keep:keep + discard]
+        slot.shifted = True
+        log.debug("slot %d: context shifted, %d tokens dropped after the first %d", slot.seq, discard, keep)
 
     def _finish(self, slot: _Slot, reason: DoneReason, outbox: list[tuple[_Stream, Event | Failed]],
                 flush: bool = True) -> None:
@@ -436,14 +543,22 @@ class Runner:
             eval_duration=now - job.first_token_ns,
             total_duration=now - job.submit.submitted_ns,
             prompt_tokens=len(job.submit.request.prompt),
-            truncated=job.submit.truncated)))
+            prompt_cached=job.cached, truncated=job.submit.truncated, stop_sequence=job.stops.matched)))
         self._release(slot)
+        if self._disk is not None and len(slot.cache) >= MIN_TOKENS and not self._disk.busy():
+            self._disk.save(SavedState(tuple(slot.cache), self._ctx.seq_state(slot.seq)))
 
     def _release(self, slot: _Slot) -> None:
         if slot.job is not None:
             slot.job.sampler.close()
         slot.job = None
         slot.last_used = self._step
+        if slot.shifted:
+            if not self._ctx.seq_rm(slot.seq, slot.keep, -1):
+                self._ctx.seq_rm(slot.seq)
+                slot.keep = 0
+            del slot.cache[slot.keep:]
+            slot.shifted = False
 
     def _logprob(self, index: int, token: int, top: int) -> Logprob:
         """Log-probabilities under the model's own distribution, before any sampler reshapes it."""

@@ -12,6 +12,7 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
+        self.matched = ""  # the stop string that ended the output, once one has
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Text that is safe to emit now, and whether a stop string was completed.
@@ -20,8 +21,9 @@ class StopMatcher:
         Ollama and llama-server do.
         """
         buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stops if (i := buffer.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found)
             self._held = ""
             return buffer[:cut], True
         keep = self._partial_tail(buffer)

@@ -41,7 +41,9 @@ from ollama_py.engine import wire
 from ollama_py.engine.backend import LoadSpec, Opened, gpu_free_memory
 from ollama_py.engine.chat import ChatDone, ChatEvent
 from ollama_py.engine.embed import EmbedResult
+from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.placement import Placement
+from ollama_py.engine.prompt_cache import auto_ram_bytes
 from ollama_py.engine.runner import RunnerOptions, RunnerStats, events_until_done
 from ollama_py.engine.types import EngineError, Failed, InvalidRequest, RunnerCrashed
 from ollama_py.settings import Settings
@@ -80,7 +82,7 @@ class _Link:
     """One runner process, from its start to its exit: the socket, the threads reading and watching it."""
 
     def __init__(self, *, workers: tuple[str, ...], debug: bool, timeout: float, memory_limit: int,
-                 numbers: Callable[[], int], explain: Callable[[], str] = lambda: "",
+                 numbers: Callable[[], int], limits: WorkLimits, explain: Callable[[], str] = lambda: "",
                  on_death: Callable[[], None] = lambda: None) -> None:
         self.workers = workers
         self._timeout = timeout
@@ -103,7 +105,8 @@ class _Link:
         self._tail: deque[str] = deque(maxlen=_TAIL)
         ours, theirs = socket.socketpair()
         # -P: the server's working directory is not searched for modules.
-        argv = [sys.executable, "-P", "-m", "ollama_py.engine.host", str(theirs.fileno())]
+        argv = [sys.executable, "-P", "-m", "ollama_py.engine.host", str(theirs.fileno()),
+                msgspec.json.encode(limits).decode()]
         argv += ["--debug"] if debug else []
         # No backtrace on abort: ggml would try to attach gdb, and the reason is the line before it.
         self._proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
@@ -128,6 +131,31 @@ class _Link:
         Raises InvalidRequest or EngineError for an Error reply, EngineError for a dead process. With
         `load_timeout`, the watchdog stops the process if the reply takes longer.
         """
+        number, reply = self._register(load_timeout)
+        try:
+            self.send(make(number))
+            answer = reply.result()
+        finally:
+            if load_timeout:
+                self._load_deadline = 0.0
+        return _answer(answer, expect)
+
+    async def call_async(self, make: Callable[[int], wire.ToRunner], expect: type[R]) -> R:
+        """Sends a call and awaits its reply without holding a thread. Cancelled (the client went away), it
+        tells the process to stop the call's work. Raises as `call` does."""
+        number, reply = self._register(0.0)
+        try:
+            self.send(make(number))
+            answer = await asyncio.wrap_future(reply)
+        except asyncio.CancelledError:
+            with self._lock:
+                self._calls.pop(number, None)
+            with contextlib.suppress(EngineError):  # it died meanwhile: nothing left to cancel
+                self.send(wire.Cancel(id=number))
+            raise
+        return _answer(answer, expect)
+
+    def _register(self, load_timeout: float) -> tuple[int, Future[wire.ToServer]]:
         number = self._next()
         reply: Future[wire.ToServer] = Future()
         with self._lock:
@@ -138,16 +166,7 @@ class _Link:
                 self._load_deadline = time.monotonic() + load_timeout
             if len(self._calls) == 1 and not self._streams:
                 self._heard = time.monotonic()  # the watchdog counts from when there is work
-        try:
-            self.send(make(number))
-            answer = reply.result()
-        finally:
-            if load_timeout:
-                self._load_deadline = 0.0
-        if isinstance(answer, wire.Error):
-            raise (InvalidRequest if answer.invalid else EngineError)(answer.message)
-        assert isinstance(answer, expect), answer
-        return answer
+        return number, reply
 
     def open(self, loop: asyncio.AbstractEventLoop) -> _Stream:
         stream = _Stream(self._next(), loop)
@@ -289,6 +308,13 @@ class _Link:
             log.log(level or logging.ERROR, "runner process %d: %s", self.pid, rest if level else line)
 
 
+def _answer(answer: wire.ToServer, expect: type[R]) -> R:
+    if isinstance(answer, wire.Error):
+        raise (InvalidRequest if answer.invalid else EngineError)(answer.message)
+    assert isinstance(answer, expect), answer
+    return answer
+
+
 def _put(batch: list[tuple[_Stream, ChatEvent | Failed]]) -> None:
     for stream, event in batch:
         stream.queue.put_nowait(event)
@@ -337,18 +363,19 @@ class ProcessRunner:
             self.link.forget(stream)
 
     async def embed(self, inputs: list[str], *, truncate: bool = True, dimensions: int | None = None) -> EmbedResult:
-        reply = await asyncio.to_thread(self.link.call, lambda call: wire.Embed(
+        """The inputs' vectors; cancelled, the process stops embedding after the decode in progress."""
+        reply = await self.link.call_async(lambda call: wire.Embed(
             call=call, model=self.number, inputs=inputs, truncate=truncate, dimensions=dimensions), wire.Embedded)
         return EmbedResult(embeddings=reply.embeddings, prompt_eval_count=reply.prompt_eval_count,
                            total_duration=reply.total_duration)
 
     async def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        reply = await asyncio.to_thread(self.link.call, lambda call: wire.Tokenize(
+        reply = await self.link.call_async(lambda call: wire.Tokenize(
             call=call, model=self.number, text=text, add_special=add_special), wire.Tokens)
         return reply.tokens
 
     async def detokenize(self, tokens: list[int]) -> str:
-        reply = await asyncio.to_thread(self.link.call, lambda call: wire.Detokenize(
+        reply = await self.link.call_async(lambda call: wire.Detokenize(
             call=call, model=self.number, tokens=tokens), wire.Text)
         return reply.text
 
@@ -386,6 +413,7 @@ class ProcessBackend:
         self._debug = settings.debug
         self._limits = _Limits(timeout=float(settings.runner_timeout), load_timeout=float(settings.load_timeout),
                                memory=settings.runner_memory)
+        self._work_limits = WorkLimits.from_settings(settings)
         self._check_workers = check_workers
         self._explain_death = explain_death
         self._lock = threading.Lock()  # one start, load or unload of the shared process at a time
@@ -406,14 +434,19 @@ class ProcessBackend:
             log.info("%s: %d of %d layers on the GPU (%d of %d bytes)", spec.path.name, offload.gpu_layers,
                      offload.n_layers, offload.size_vram, offload.size)
         size = offload.size if offload is not None else spec.path.stat().st_size
-        memory = self._limits.memory or 2 * (size - (offload.size_vram if offload else 0)) + _MEMORY_MARGIN
+        # Resolved here, once, so the memory bound allows for exactly what the process may keep.
+        cache_ram = spec.runner.cache_ram if spec.runner.cache_ram >= 0 else auto_ram_bytes()
+        memory = (self._limits.memory
+                  or 2 * (size - (offload.size_vram if offload else 0)) + _MEMORY_MARGIN + cache_ram)
         link = self._shared_link(memory) if remote else self._link(memory, ())
         number = self._numbers()
         num_gpu = spec.num_gpu if remote else (offload.gpu_layers if offload else 0)
         try:
             loaded = link.call(lambda call: wire.Load(
-                call=call, model=number, path=str(spec.path), runner=spec.runner, num_gpu=num_gpu,
-                tensor_split=self._tensor_split if remote else (), template=spec.template),
+                call=call, model=number, path=str(spec.path),
+                runner=msgspec.structs.replace(spec.runner, cache_ram=cache_ram), num_gpu=num_gpu,
+                tensor_split=self._tensor_split if remote else (), template=spec.template,
+                adapters=tuple(str(a) for a in spec.adapters)),
                 wire.Loaded, load_timeout=self._limits.load_timeout)
         except EngineError as exc:
             crashed = link.dead is not None
@@ -432,7 +465,8 @@ class ProcessBackend:
 
     def _link(self, memory: int, workers: tuple[str, ...]) -> _Link:
         link = _Link(workers=workers, debug=self._debug, timeout=self._limits.timeout, memory_limit=memory,
-                     numbers=self._numbers, explain=lambda: self._explain_death(workers), on_death=self._died)
+                     numbers=self._numbers, limits=self._work_limits, explain=lambda: self._explain_death(workers),
+                     on_death=self._died)
         with self._lock:
             self._links.add(link)
         return link

@@ -50,7 +50,7 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     frequency_penalty: float = 0.0
     seed: int = -1
     num_predict: int = -1  # negative: until a stop or the context end
-    num_keep: int = 4  # tokens kept at the start when a long prompt is truncated
+    num_keep: int = 4  # tokens kept at the start when a long prompt is truncated or the context shifted
     stop: tuple[str, ...] = ()
 
 
@@ -66,6 +66,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     # in the prompt (llama.cpp's common_sampler prefills it the same way).
     grammar_prefill: tuple[int, ...] = ()
     truncate: bool = True
+    shift: bool = True  # at the context's end, drop the oldest half after num_keep and go on (Ollama's shift)
     logprobs: bool = False
     top_logprobs: int = 0
     # Special tokens printed as text rather than dropped: the markers a chat
@@ -107,7 +108,9 @@ class Done(msgspec.Struct, frozen=True, kw_only=True):
     eval_duration: int = 0
     total_duration: int = 0
     prompt_tokens: int = 0  # the whole prompt after truncation, cached or not
+    prompt_cached: int = 0  # prompt tokens not evaluated: kept in the slot or restored from a saved state
     truncated: bool = False
+    stop_sequence: str = ""  # the stop string that ended the answer (Anthropic's API reports it)
 
 
 class RunnerCrashed(EngineError):

@@ -65,6 +65,7 @@ class Load(_Message):
     num_gpu: int  # layers on the GPUs and workers; -1: all
     tensor_split: tuple[float, ...] = ()  # proportions per device in llama.cpp's order; empty: by free memory
     template: str = ""  # a Jinja chat template instead of the GGUF's own
+    adapters: tuple[str, ...] = ()  # GGUF LoRA adapters applied to every context of the model
 
 
 class Unload(_Message):

@@ -200,6 +200,26 @@ class ggml_backend_dev_props(ctypes.Structure):
     ]
 
 
+class llama_model_quantize_params(ctypes.Structure):
+    _fields_ = [
+        ("nthread", c_int32),
+        ("ftype", c_int),
+        ("output_tensor_type", c_int),
+        ("token_embedding_type", c_int),
+        ("allow_requantize", c_bool),
+        ("quantize_output_tensor", c_bool),
+        ("only_copy", c_bool),
+        ("pure", c_bool),
+        ("keep_split", c_bool),
+        ("dry_run", c_bool),
+        ("imatrix", c_void_p),
+        ("kv_overrides", c_void_p),
+        ("tt_overrides", c_void_p),
+        ("prune_layers", POINTER(c_int32)),
+        ("max_buf_size", c_size_t),
+    ]
+
+
 # Each struct with the C name and header the layout test compiles against.
 STRUCTS: dict[str, tuple[type[ctypes.Structure], str]] = {
     "llama_token_data": (llama_token_data, "llama.h"),
@@ -212,6 +232,7 @@ STRUCTS: dict[str, tuple[type[ctypes.Structure], str]] = {
     "llama_sampler_chain_params": (llama_sampler_chain_params, "llama.h"),
     "llama_perf_context_data": (llama_perf_context_data, "llama.h"),
     "llama_perf_sampler_data": (llama_perf_sampler_data, "llama.h"),
+    "llama_model_quantize_params": (llama_model_quantize_params, "llama.h"),
     "ggml_backend_dev_caps": (ggml_backend_dev_caps, "ggml-backend.h"),
     "ggml_backend_dev_props": (ggml_backend_dev_props, "ggml-backend.h"),
 }
@@ -259,6 +280,16 @@ LLAMA_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "llama_model_meta_count": ([P], i32),
     "llama_model_meta_key_by_index": ([P, i32, c_char_p, c_size_t], i32),
     "llama_model_meta_val_str_by_index": ([P, i32, c_char_p, c_size_t], i32),
+    "llama_model_ftype": ([P], c_int),
+    "llama_ftype_name": ([c_int], c_char_p),
+    # quantization
+    "llama_model_quantize_default_params": ([], llama_model_quantize_params),
+    "llama_model_quantize": ([c_char_p, c_char_p, POINTER(llama_model_quantize_params)], c_uint32),
+    # adapters
+    "llama_adapter_lora_init": ([P, c_char_p], P),
+    "llama_adapter_lora_free": ([P], None),
+    "llama_adapter_meta_val_str": ([P, c_char_p, c_char_p, c_size_t], i32),
+    "llama_set_adapters_lora": ([P, POINTER(P), c_size_t, POINTER(f32)], i32),
     # context
     "llama_init_from_model": ([P, llama_context_params], P),
     "llama_free": ([P], None),
@@ -283,6 +314,10 @@ LLAMA_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "llama_memory_seq_pos_min": ([P, i32], i32),
     "llama_memory_seq_pos_max": ([P, i32], i32),
     "llama_memory_can_shift": ([P], c_bool),
+    # one sequence's state (its KV cells and their tokens' positions) as bytes
+    "llama_state_seq_get_size": ([P, i32], c_size_t),
+    "llama_state_seq_get_data": ([P, P, c_size_t, i32], c_size_t),
+    "llama_state_seq_set_data": ([P, P, c_size_t, i32], c_size_t),
     # batch, decode, outputs
     "llama_batch_init": ([i32, i32, i32], llama_batch),
     "llama_batch_free": ([llama_batch], None),

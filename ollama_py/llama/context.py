@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ollama_py.llama import capi
+from ollama_py.llama import adapter, capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama
@@ -74,6 +74,7 @@ class Context(Handle):
                              f"n_seq_max={opts.n_seq_max}); see the log for the reason")
         super().__init__(ptr, llama().llama_free, parent=model, what="context")
         self.model = model
+        adapter.apply(ptr, model.adapters)
         self.options = opts
         lib = llama()
         self.memory = lib.llama_get_memory(ptr)
@@ -146,6 +147,21 @@ class Context(Handle):
 
     def can_shift(self) -> bool:
         return bool(llama().llama_memory_can_shift(self.memory))
+
+    def seq_state(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A copy of the sequence's KV cells, for `set_seq_state` on this or a like context later."""
+        lib = llama()
+        size = lib.llama_state_seq_get_size(self.ptr, seq_id)
+        data = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(self.ptr, data, size, seq_id)
+        if written != size:
+            raise LlamaError(f"sequence {seq_id}: state of {size} bytes, {written} written")
+        return data
+
+    def set_seq_state(self, data: ctypes.Array[ctypes.c_uint8] | bytearray, seq_id: int) -> bool:
+        """Replaces the sequence with a saved state; False when llama.cpp refuses it (the sequence is then empty)."""
+        buffer = data if isinstance(data, ctypes.Array) else (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return llama().llama_state_seq_set_data(self.ptr, buffer, len(data), seq_id) != 0
 
     def clear(self) -> None:
         llama().llama_memory_clear(self.memory, True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollama_py.llama import capi
+from ollama_py.llama.adapter import LoraAdapter
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama
 
@@ -130,7 +131,9 @@ class Vocab:
 class Model(Handle):
     """A model loaded from a GGUF file; contexts keep it alive."""
 
-    def __init__(self, path: str | Path, options: ModelOptions | None = None) -> None:
+    def __init__(self, path: str | Path, options: ModelOptions | None = None,
+                 adapters: tuple[Path, ...] = ()) -> None:
+        """Loads the weights and then each LoRA adapter in `adapters`, which every context of it applies."""
         path = Path(path)
         check_gguf(path)
         opts = options or ModelOptions()
@@ -152,6 +155,12 @@ class Model(Handle):
         self.n_params: int = lib.llama_model_n_params(ptr)
         self.has_encoder: bool = lib.llama_model_has_encoder(ptr)
         self.has_decoder: bool = lib.llama_model_has_decoder(ptr)
+        self.adapters: list[LoraAdapter] = []
+        try:
+            self.adapters = [LoraAdapter(self, Path(a)) for a in adapters]
+        except BaseException:
+            self.close()
+            raise
 
     def description(self) -> str:
         buf = ctypes.create_string_buffer(256)

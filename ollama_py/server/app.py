@@ -10,23 +10,29 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import fields
+from pathlib import Path
 
 from aiohttp import web
 
 from ollama_py import __version__
-from ollama_py.api import native, openai
+from ollama_py.api import anthropic, native, openai, responses
 from ollama_py.cluster import probe
 from ollama_py.engine.backend import RunnerBackend
 from ollama_py.engine.supervisor import ProcessBackend
 from ollama_py.engine.front import Engine
 from ollama_py.server import (
     openapi,
+    routes_anthropic,
     routes_models,
     routes_native,
     routes_openai,
     routes_ops,
+    routes_responses,
 )
 from ollama_py.server.metrics import Metrics
 from ollama_py.server.middleware import (
@@ -39,15 +45,13 @@ from ollama_py.server.middleware import (
     observe,
 )
 from ollama_py.server.openapi import Route
-from ollama_py.server.services import SERVICES, Services
+from ollama_py.server.services import SERVICES, Services, listing_executor
 from ollama_py.settings import SECRETS, Settings, SettingsError
 from ollama_py.store.manifests import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 11434
-# How long SIGTERM waits for in-flight requests (streams included) before cancelling them.
-SHUTDOWN_TIMEOUT = 10.0
 
 
 _NDJSON = "application/x-ndjson"
@@ -96,6 +100,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/models", routes_openai.list_models, R, "OpenAI model list", response=openai.ModelList),
     Route("GET", "/v1/models/{model:.+}", routes_openai.get_model, R, "One model, OpenAI's way",
           response=openai.Model),
+    Route("POST", "/v1/messages", routes_anthropic.messages, R, "Anthropic messages", anthropic.MessagesRequest,
+          anthropic.MessageResponse, _SSE),
+    Route("POST", "/v1/messages/count_tokens", routes_anthropic.count_tokens, R,
+          "Anthropic token count of a conversation", anthropic.CountTokensRequest, anthropic.CountTokensResponse),
+    Route("POST", "/v1/responses", routes_responses.create, R, "OpenAI responses", responses.ResponseRequest,
+          responses.Response, _SSE),
+    Route("GET", "/v1/responses/{response_id}", routes_responses.get, R, "A kept response, by id",
+          response=responses.Response),
+    Route("DELETE", "/v1/responses/{response_id}", routes_responses.delete, R, "Forgets a kept response",
+          response=responses.Deleted),
     Route("GET", "/health", routes_ops.health, P, "Liveness, ollama-py's version and the loaded model count",
           response=native.HealthResponse),
     Route("GET", "/metrics", routes_ops.metrics, R, "Prometheus metrics"),
@@ -116,7 +130,8 @@ def make_app(settings: Settings, *, store: Store | None = None,
     the settings call for."""
     engine = Engine(settings, backend or runner_backend(settings))
     metrics = Metrics(engine)
-    svc = Services(settings=settings, store=store or Store.from_settings(settings), engine=engine, metrics=metrics)
+    svc = Services(settings=settings, store=store or Store.from_settings(settings), engine=engine, metrics=metrics,
+                   listing=listing_executor(settings.listing_threads))
     cors = Cors(settings.origins)
     host, _ = bind_address(settings.host)
     scopes: dict[web.AbstractRoute, Scope] = {}
@@ -138,19 +153,66 @@ def make_app(settings: Settings, *, store: Store | None = None,
 
 
 async def _drain(app: web.Application) -> None:
-    """On SIGTERM, streams get most of SHUTDOWN_TIMEOUT to finish; then each ends with an error line at its
+    """On SIGTERM, streams get most of the shutdown timeout to finish; then each ends with an error line at its
     next chunk, so clients see a stream that ended rather than a connection cut when the rest is cancelled."""
-    asyncio.get_running_loop().call_later(SHUTDOWN_TIMEOUT * 0.8, app[SERVICES].draining.set)
+    svc = app[SERVICES]
+    asyncio.get_running_loop().call_later(svc.settings.shutdown_timeout * 0.8, svc.draining.set)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """At startup, prune blobs no model uses (as Ollama does, unless OLLAMA_NOPRUNE); at exit, unload every model."""
     svc = app[SERVICES]
-    removed = await asyncio.to_thread(svc.store.prune)
+    removed = await asyncio.get_running_loop().run_in_executor(svc.listing, svc.store.prune)
     if removed:
         log.info("pruned %d unused blobs", len(removed))
     yield
+    svc.listing.shutdown(wait=False, cancel_futures=True)
     await svc.engine.close()
+
+
+def _child_pids() -> list[int]:
+    """This process's children (runner processes, downloads), from /proc."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name may hold spaces and parentheses: the fields that follow start after the last ')'.
+        if int(stat.rpartition(")")[2].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def _exit_now() -> None:
+    """The end of a shutdown that ran out of time: children are killed, busy threads are left behind."""
+    busy = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    log.warning("shutdown took longer than its bound; exiting with %d busy threads (%s)", len(busy),
+                ", ".join(busy[:8]))
+    for pid in _child_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    logging.shutdown()
+    os._exit(0)
+
+
+def _bound_shutdown(timeout: float) -> Callable[[web.Application], Awaitable[None]]:
+    """Makes the process exit within twice `timeout` of a shutdown's start, whatever still runs.
+
+    In-flight requests get `timeout` (aiohttp's shutdown_timeout), unloading the models as long again. A
+    worker thread cannot be stopped, and Python joins the executors' threads at exit: one stuck thread
+    would keep the process alive for ever.
+    """
+    async def arm(_: web.Application) -> None:
+        timer = threading.Timer(2 * timeout, _exit_now)
+        timer.daemon = True
+        timer.start()
+
+    return arm
 
 
 def bind_address(raw: str) -> tuple[str, int]:
@@ -215,6 +277,7 @@ def serve(settings: Settings) -> None:
         if f.name not in SECRETS:
             log.info("setting %s=%s", f.name, getattr(settings, f.name))
     app = make_app(settings)
+    app.on_shutdown.append(_bound_shutdown(settings.shutdown_timeout))
     log.info("ollama-py %s listening on http://%s:%d", __version__, host or "0.0.0.0", port)
     web.run_app(app, host=host or None, port=port, access_log=None, print=None, handler_cancellation=True,
-                shutdown_timeout=SHUTDOWN_TIMEOUT)
+                shutdown_timeout=settings.shutdown_timeout)

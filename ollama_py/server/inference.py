@@ -4,19 +4,25 @@ The native and the OpenAI handlers both come through here; they differ only in
 the shapes they read and write. The server only decides: the prompt is
 rendered, tokenized, generated and parsed in the model's runner process.
 Everything that can refuse the request (unknown model, missing capability,
-bad option, prompt too long) happens before the first event, so the streaming
-layer can still answer it with a status.
+bad option, a bound passed, prompt too long) happens before the first event,
+so the streaming layer can still answer it with a status.
+
+The store reads a request makes run on a few threads of their own, so that
+however many generation requests arrive, they cannot take the threads that
+other routes use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -29,9 +35,19 @@ from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.scheduler import Lease
 from ollama_py.engine.types import EngineError, Sampling
 from ollama_py.engine.wire import ChatJob, Completion
-from ollama_py.server import models
+from ollama_py.server import bounds, models
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import record, services
+
+T = TypeVar("T")
+
+# Generation's blocking work (store reads): a bounded pool of its own, apart from the default executor.
+_STORE_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="generation store")
+
+
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on generation's own threads. Cancelled, the caller stops waiting; the read is short."""
+    return await asyncio.get_running_loop().run_in_executor(_STORE_READS, functools.partial(fn, *args))
 
 
 def request_id(prefix: str) -> str:
@@ -41,7 +57,7 @@ def request_id(prefix: str) -> str:
 async def resolve(request: web.Request, name: str) -> ResolvedModel:
     """The request's model from the store; the default model is imported on its first use."""
     svc = services(request)
-    model = await asyncio.to_thread(models.resolve, svc.store, svc.settings, name)
+    model = await blocking(models.resolve, svc.store, svc.settings, name)
     record(request).model = model.name.display()
     return model
 
@@ -65,6 +81,7 @@ async def hold(request: web.Request, model: ResolvedModel, options: Options | No
     """Loads the model if needed (Busy when too many wait) and keeps it for the body of the `async with`."""
     svc = services(request)
     plan = models.plan(svc.settings, model, options)
+    bounds.stops(svc.settings, plan.sampling.stop)
     async with AsyncExitStack() as stack:
         try:
             lease = await stack.enter_async_context(svc.engine.acquire(model.key, plan.spec, keep_alive))
@@ -151,10 +168,23 @@ def needs(chat_request: ChatRequest, prompt: Prompt | None = None) -> tuple[str,
     return tuple(wanted)
 
 
+async def admit(request: web.Request, model: ResolvedModel, chat_request: ChatRequest,
+                prompt: Prompt | None = None) -> None:
+    """Refuses a request past this server's bounds (400, 413 for its text) or one the model cannot serve."""
+    settings = services(request).settings
+    bounds.messages(settings, chat_request.messages)
+    bounds.schema(settings, chat_request.format, "format")
+    for tool in chat_request.tools:
+        bounds.schema(settings, tool, "tools")
+    extra = (prompt.text, prompt.system, prompt.suffix) if prompt is not None else ()
+    bounds.text(settings, chat_request.messages, chat_request.template, *extra)
+    await blocking(models.require, model, *needs(chat_request, prompt))
+
+
 async def converse(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
                    chat_request: ChatRequest) -> AsyncGenerator[ChatEvent, None]:
     """Holds the model and streams its answer to a conversation, sampled as options and Modelfile say."""
-    await asyncio.to_thread(models.require, model, *needs(chat_request))
+    await admit(request, model, chat_request)
     async with hold(request, model, options, keep_alive) as held:
         async for event in answer(request, held, ChatJob(chat=_for_model(held, chat_request))):
             yield event
@@ -193,7 +223,7 @@ def prompt_job(held: Held, chat_request: ChatRequest, prompt: Prompt, *, context
 async def complete(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
                    chat_request: ChatRequest, prompt: Prompt) -> AsyncGenerator[ChatEvent, None]:
     """Holds the model and streams its completion of a prompt."""
-    await asyncio.to_thread(models.require, model, *needs(chat_request, prompt))
+    await admit(request, model, chat_request, prompt)
     async with hold(request, model, options, keep_alive) as held:
         async for event in answer(request, held, prompt_job(held, chat_request, prompt)):
             yield event
@@ -202,7 +232,9 @@ async def complete(request: web.Request, model: ResolvedModel, options: Options 
 async def embed(request: web.Request, model: ResolvedModel, inputs: list[str], *, options: Options | None,
                 keep_alive: float | None, truncate: bool = True,
                 dimensions: int | None = None) -> tuple[list[list[float]], int]:
-    """One vector per input and the tokens embedded; no inputs only loads the model."""
+    """One vector per input and the tokens embedded; no inputs only loads the model. The client leaving
+    stops the embedding (after the decode in progress)."""
+    bounds.embed_inputs(services(request).settings, inputs)
     async with hold(request, model, options, keep_alive) as held:
         if not inputs:
             return [], 0

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import fnmatch
 import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -144,10 +144,36 @@ def host_allowlist(*, loopback_bind: bool, extra: Iterable[str]) -> Middleware:
 
 
 # Ollama's built-in origins: the local machine on any port, and desktop-app schemes.
-_DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
+DEFAULT_ORIGINS = tuple(f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
                          for scheme in ("http", "https") for port in ("", ":*")) + (
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
 _METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+# What a `*` may stand for: in a port, digits; in a host, characters that cannot end the host or start a port,
+# a path or user info. So `http://localhost:*` is never `http://localhost:1234.evil.example`.
+_PORT_WILDCARD = "[0-9]+"
+_HOST_WILDCARD = r"[^/:@?#\s\[\]]*"
+
+
+def origin_pattern(pattern: str) -> re.Pattern[str]:
+    """An OLLAMA_ORIGINS entry as a regular expression matched against a whole Origin header.
+
+    `*` alone allows every origin, as in Ollama; otherwise a `*` stands for part of the host, or for the
+    port (digits only), never for both.
+    """
+    text = pattern.strip().lower()
+    if text == "*":
+        return re.compile(r".*", re.DOTALL)
+    scheme, sep, authority = text.rpartition("://")
+    if authority.startswith("["):  # an IPv6 address: the port comes after the bracket
+        host, _, rest = authority.partition("]")
+        host, port = host + "]", rest[1:] if rest.startswith(":") else None
+    else:
+        host, colon, port_text = authority.partition(":")
+        port = port_text if colon else None
+    regex = (re.escape(scheme) + re.escape(sep) + _HOST_WILDCARD.join(re.escape(part) for part in host.split("*")))
+    if port is not None:
+        regex += ":" + _PORT_WILDCARD.join(re.escape(part) for part in port.split("*"))
+    return re.compile(regex)
 
 
 class Cors:
@@ -159,10 +185,10 @@ class Cors:
     """
 
     def __init__(self, origins: Iterable[str]) -> None:
-        self.patterns = tuple(p.lower() for p in (*_DEFAULT_ORIGINS, *origins))
+        self.patterns = tuple(origin_pattern(p) for p in (*DEFAULT_ORIGINS, *origins))
 
     def allowed(self, origin: str) -> bool:
-        return any(fnmatch.fnmatchcase(origin.lower(), p) for p in self.patterns)
+        return any(p.fullmatch(origin.lower()) for p in self.patterns)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -214,23 +240,33 @@ def load_keys(settings: Settings) -> dict[bytes, Scope]:
     return {_digest(key): Scope(scope) for key, scope in entries if key}
 
 
+def _presented_key(request: web.Request) -> str:
+    """The key a request presents: `Authorization: Bearer KEY`, or `x-api-key: KEY` as Anthropic's clients
+    send it."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
 def api_keys(*, keys: Mapping[bytes, Scope], scopes: Mapping[web.AbstractRoute, Scope]) -> Middleware:
-    """Checks `Authorization: Bearer KEY` when keys are configured; admin routes need an admin key."""
+    """Checks the key (`Authorization: Bearer KEY` or `x-api-key`) when keys are configured; admin routes need an
+    admin key."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         needed = scopes.get(request.match_info.route, Scope.READ)
         if not keys or needed is Scope.PUBLIC or request.method == "OPTIONS":
             return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = _presented_key(request)
         granted = None
-        if scheme.lower() == "bearer" and token.strip():
-            presented = _digest(token.strip())
+        if token:
+            presented = _digest(token)
             for digest, scope in keys.items():
                 if hmac.compare_digest(digest, presented):
                     granted = scope
         if granted is None:
-            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
+            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
                            headers={"WWW-Authenticate": "Bearer"})
         if needed is Scope.ADMIN and granted is not Scope.ADMIN:
             raise ApiError(403, "this API key may not manage models (it has read scope)")

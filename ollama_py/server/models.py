@@ -28,6 +28,7 @@ from ollama_py.engine.types import Sampling
 from ollama_py.settings import Settings
 from ollama_py.store import create, gguf, names
 from ollama_py.store.manifests import (
+    MEDIA_ADAPTER,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
@@ -58,6 +59,7 @@ class ResolvedModel:
     template: str | None
     system: str | None
     messages: tuple[Message, ...]
+    adapters: tuple[Path, ...] = ()  # LoRA adapters the Modelfile's ADAPTER names
 
     @property
     def key(self) -> str:
@@ -101,7 +103,8 @@ def read(store: Store, name: ModelName, asked: str) -> ResolvedModel:
         parameters=from_parameters(msgspec.json.decode(store.text(params))) if params else Options(),
         template=store.text(template) if template else None,
         system=store.text(system) if system else None,
-        messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else ())
+        messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else (),
+        adapters=tuple(store.blobs.path(layer.digest) for layer in manifest.layers_of(MEDIA_ADAPTER)))
 
 
 # Jinja's statement tag; Go templates never use it, so it tells the two syntaxes apart.
@@ -220,9 +223,11 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
     runner = RunnerOptions(num_ctx=num_ctx, num_parallel=settings.num_parallel,
                            num_batch=min(opts.num_batch or 512, num_ctx),
                            num_thread=min(opts.num_thread or 0, os.cpu_count() or 1),
-                           flash_attention=settings.flash_attention, kv_cache_type=settings.kv_cache_type)
+                           flash_attention=settings.flash_attention, kv_cache_type=settings.kv_cache_type,
+                           cache_ram=settings.cache_ram << 20 if settings.cache_ram > 0 else settings.cache_ram,
+                           cache_dir=settings.prompt_cache_dir, cache_disk=settings.prompt_cache_disk << 20)
     spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
-                    template=jinja_template(model))
+                    template=jinja_template(model), adapters=model.adapters)
     sampling = Sampling()
     fields = {f: v for f in Sampling.__struct_fields__ if (v := getattr(opts, f, None)) is not None}
     if "stop" in fields:

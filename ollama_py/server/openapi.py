@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from aiohttp.typedefs import Handler
 
-from ollama_py.api import native, openai
+from ollama_py.api import anthropic, native, openai
 from ollama_py.server.middleware import Scope
 
 _REF = "#/components/schemas/{name}"
@@ -38,14 +38,14 @@ def _content(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
 def document(routes: Iterable[Route], *, version: str) -> dict[str, Any]:
     routes = list(routes)
     types = {t for r in routes for t in (r.body, r.response) if t is not None}
-    types |= {native.ErrorResponse, openai.ErrorResponse}
+    types |= {native.ErrorResponse, openai.ErrorResponse, anthropic.ErrorResponse}
     ordered = sorted(types, key=lambda t: (t.__module__, t.__qualname__))
     refs, components = msgspec.json.schema_components(ordered, ref_template=_REF)
     schema = dict(zip(ordered, refs))
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         path = _PARAM.sub(r"{\1}", route.path)
-        error = schema[openai.ErrorResponse if path.startswith("/v1/") else native.ErrorResponse]
+        error = schema[_error_type(path)]
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": _operation_id(route.method, path),
@@ -58,7 +58,7 @@ def document(routes: Iterable[Route], *, version: str) -> dict[str, Any]:
             },
         }
         if route.scope is not Scope.PUBLIC:
-            operation["security"] = [{"bearer": []}]
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]  # either one
             operation["responses"]["401"] = {"description": "Missing or invalid API key (when keys are configured)",
                                              "content": _content("application/json", error)}
         params = _PARAM.findall(route.path)
@@ -77,8 +77,15 @@ def document(routes: Iterable[Route], *, version: str) -> dict[str, Any]:
                  "description": "Ollama's API (/api), OpenAI's (/v1), and ollama-py's own routes."},
         "paths": paths,
         "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                           "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
     }
+
+
+def _error_type(path: str) -> type:
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic.ErrorResponse
+    return openai.ErrorResponse if path.startswith("/v1/") else native.ErrorResponse
 
 
 def _operation_id(method: str, path: str) -> str:

@@ -1,16 +1,20 @@
 """Ollama's model routes: /api/tags, /api/show, /api/ps, /api/copy, /api/delete, /api/create, /api/blobs.
 
 The store is synchronous and touches the disk, so every call into it runs in
-a worker thread; the event loop keeps serving streams meanwhile.
+a worker thread; the event loop keeps serving streams meanwhile. The listing
+routes (tags, show, ps) use threads of their own (`services.listing`), so
+that they answer while generation keeps the shared ones busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -23,9 +27,9 @@ from aiohttp import StreamReader, web
 from ollama_py.api import codec, native
 from ollama_py.api.options import Options
 from ollama_py.engine.scheduler import Loaded
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import models, streaming
 from ollama_py.server.models import ResolvedModel, model_details
-from ollama_py.server.services import record, services
+from ollama_py.server.services import listing, record, services
 from ollama_py.settings import Settings
 from ollama_py.store import create, gguf, huggingface, names, registry
 from ollama_py.store.blobs import check_digest
@@ -71,7 +75,7 @@ def _list(store: Store) -> native.ListResponse:
 
 
 async def tags(request: web.Request) -> web.StreamResponse:
-    return streaming.json(await asyncio.to_thread(_list, services(request).store))
+    return streaming.json(await listing(request, _list, services(request).store))
 
 
 # ---- /api/show ----------------------------------------------------------------------
@@ -87,10 +91,13 @@ def _parameters_text(parameters: Options) -> str:
 
 
 def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowResponse:
-    info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+    try:
+        info = gguf.read(model.path, keep_array=1 << 20 if verbose else gguf.DEFAULT_KEEP_ARRAY)
+        modified_at = store.modified_at(model.name)
+        modelfile = create.to_modelfile(store, model.name)
+    except FileNotFoundError:  # removed since it was resolved: its manifest, or the blobs only it used
+        raise ModelNotFoundError(f"model '{model.asked}' not found") from None
     model_info = info.model_info()
-    stored = next(m for m in store.models() if m.name.same(model.name))
-    modelfile = create.to_modelfile(store, model.name)
     return native.ShowResponse(
         license="\n".join(modelfile.licenses),
         modelfile=render(modelfile, generated_for=model.name.display()),
@@ -101,13 +108,15 @@ def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowRespo
         messages=[native.ResponseMessage(role=m.role, content=m.content) for m in model.messages] or None,
         model_info=model_info,
         capabilities=models.capabilities(model),
-        modified_at=_rfc3339(stored.modified_at))
+        modified_at=_rfc3339(modified_at))
 
 
 async def show(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.ShowRequest)
-    model = await inference.resolve(request, req.target)
-    return streaming.json(await asyncio.to_thread(_show, services(request).store, model, req.verbose))
+    svc = services(request)
+    model = await listing(request, models.resolve, svc.store, svc.settings, req.target)
+    record(request).model = model.name.display()
+    return streaming.json(await listing(request, _show, svc.store, model, req.verbose))
 
 
 # ---- /api/ps ------------------------------------------------------------------------
@@ -139,7 +148,7 @@ async def ps(request: web.Request) -> web.StreamResponse:
     now = asyncio.get_running_loop().time()
     # A model in use shows when it would expire if its requests ended now, as Ollama does.
     loaded = [(e, e.keep_alive if math.isinf(e.expires_at) else e.expires_at - now) for e in svc.engine.loaded()]
-    found = await asyncio.to_thread(lambda: [_process(svc.store, e, left) for e, left in loaded])
+    found = await listing(request, lambda: [_process(svc.store, e, left) for e, left in loaded])
     return streaming.json(native.ProcessResponse(models=found))
 
 
@@ -227,20 +236,33 @@ def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
                      messages=[Message(m.role, m.content) for m in req.messages or ()])
 
 
+def _on_this_machine(host: str) -> bool:
+    """A registry on loopback, which a create's pull may reach over plain http (Docker allows the same)."""
+    hostname = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 async def create_model(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.CreateRequest)
     name = models.parse_name(req.target)
     record(request).model = name.display()
-    if req.quantize or req.quantization:
-        raise codec.BadRequest("quantize: quantizing is not supported; create from a GGUF already quantized")
     svc = services(request)
     modelfile = await asyncio.to_thread(_modelfile, svc.store, req)
 
     def work(progress: Progress, cancel: threading.Event) -> ModelName:
+        def pull(base: ModelName, relay: Progress | None) -> None:
+            _pull(svc.store, svc.settings, base, _on_this_machine(base.host), relay or progress, cancel)
+
         # An empty folder as the Modelfile's folder: nothing the request names can be a local file.
         with tempfile.TemporaryDirectory() as empty:
             return create.create(svc.store, name, modelfile, base_dir=Path(empty), progress=progress,
-                                 resolve_default=svc.settings)
+                                 resolve_default=svc.settings, pull=pull, quantize=req.quantize or req.quantization,
+                                 cancel=cancel)
 
     updates = streaming.progress_from_thread(work)
     if req.stream:

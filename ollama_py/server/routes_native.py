@@ -7,7 +7,6 @@ message list only loads the model, or unloads it with keep_alive 0.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from ollama_py.api.options import Options, think_setting
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatRequest
 from ollama_py.engine.types import Logprob
 from ollama_py.llama.shim import ToolCall
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import bounds, inference, models, streaming
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import record, services
 
@@ -57,6 +56,7 @@ class _Counters(TypedDict):
     total_duration: int
     load_duration: int
     prompt_eval_count: int
+    prompt_eval_cached_count: int
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
@@ -66,7 +66,8 @@ def _metrics(request: web.Request, event: ChatDone) -> _Counters:
     """The final chunk's counters; total_duration runs from the request's arrival, load included."""
     done, rec = event.done, record(request)
     return _Counters(total_duration=time.monotonic_ns() - rec.started, load_duration=rec.load_duration,
-                     prompt_eval_count=done.prompt_tokens, prompt_eval_duration=done.prompt_eval_duration,
+                     prompt_eval_count=done.prompt_tokens, prompt_eval_cached_count=done.prompt_cached,
+                     prompt_eval_duration=done.prompt_eval_duration,
                      eval_count=done.eval_count, eval_duration=done.eval_duration)
 
 
@@ -109,7 +110,7 @@ async def _generate_chunks(request: web.Request, req: native.GenerateRequest, mo
                        top_logprobs=req.top_logprobs, template=req.template)
     prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
                               suffix=req.suffix)
-    await asyncio.to_thread(models.require, model, *inference.needs(chat, prompt))
+    await inference.admit(request, model, chat, prompt)
     async with inference.hold(request, model, req.options, keep_alive) as held:
         # `context` (deprecated, not sent in raw mode): the conversation so far as tokens, before the new prompt.
         job = inference.prompt_job(held, chat, prompt, context=tuple(req.context or ()), return_context=not req.raw)
@@ -205,6 +206,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
     req = codec.decode(await request.read(), native.TokenizeRequest)
+    bounds.text(services(request).settings, req.text)
     model = await inference.resolve(request, req.model)
     async with inference.hold(request, model, req.options, models.keep_alive(req.keep_alive)) as held:
         tokens = await held.runner.tokenize(req.text, add_special=req.add_special)

@@ -22,11 +22,11 @@ import msgspec
 from aiohttp import web
 
 from ollama_py.api import codec, openai
-from ollama_py.api.options import Format, Options, Think, think_setting
+from ollama_py.api.options import Format, Options, Think, think_from_effort, think_setting
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.types import DoneReason, Logprob
 from ollama_py.llama.shim import ToolCall
-from ollama_py.server import inference, models, streaming
+from ollama_py.server import images, inference, models, streaming, tool_choice
 from ollama_py.server.errors import ApiError
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import services
@@ -72,7 +72,8 @@ def _finish_reason(done: ChatDone) -> str:
 
 def _usage(done: ChatDone) -> openai.Usage:
     prompt, completion = done.done.prompt_tokens, done.done.eval_count
-    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return openai.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                        prompt_tokens_details=openai.PromptTokensDetails(cached_tokens=done.done.prompt_cached))
 
 
 def _logprob(lp: Logprob) -> openai.TokenLogprob:
@@ -89,10 +90,8 @@ def _tool_calls(calls: tuple[ToolCall, ...], *, indexed: bool) -> list[openai.To
 
 
 def _image(part: openai.ImagePart) -> str:
-    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-    if not url.startswith("data:") or ";base64," not in url:
-        raise codec.BadRequest("image_url: only data: URIs with base64 content are supported, not remote URLs")
-    return url.split(";base64,", 1)[1]
+    return images.from_data_url(part.image_url if isinstance(part.image_url, str) else part.image_url.url,
+                                field="image_url")
 
 
 _ROLES = {"developer": "system", "function": "tool"}  # OpenAI's newer and older names for what templates know
@@ -142,46 +141,33 @@ def _tools(req: openai.ChatCompletionRequest) -> tuple[tuple[dict[str, Any], ...
     """The tools offered and OpenAI's tool_choice as the engine takes it ("auto", "required")."""
     tools = tuple(msgspec.to_builtins(t) for t in req.tools or ())
     choice = req.tool_choice
-    if choice is None or choice == "auto" or not tools:
-        return tools, "auto"
-    if choice == "none":
-        return (), "auto"
-    if choice == "required":
-        return tools, "required"
-    function = choice.get("function") if isinstance(choice, dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(name, str):
-        _ignore("tool_choice", choice)  # Ollama ignores tool_choice altogether: all tools stay offered
-        return tools, "auto"
-    named = tuple(t for t in tools if t["function"]["name"] == name)
-    if not named:
-        raise codec.BadRequest(f"tool_choice: no tool named {name!r} in tools")
-    return named, "required"
-
-
-# OpenAI's efforts on Ollama's scale (openai.go thinkFromReasoningEffort): past either end, the nearest level.
-_EFFORTS: dict[str, Think] = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-                              "max": "max", "xhigh": "max", "ultra": "max"}
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            return tool_choice.choose(tools, "required", name)
+    elif choice in (None, "auto", "none", "required"):
+        return tool_choice.choose(tools, choice or "auto")  # type: ignore[arg-type]
+    _ignore("tool_choice", choice)  # Ollama ignores tool_choice altogether: all tools stay offered
+    return tool_choice.choose(tools, "auto")
 
 
 def _think(req: openai.ChatCompletionRequest) -> Think | None:
     """The request's reasoning effort as Ollama's `think`; `reasoning.effort` wins over `reasoning_effort`."""
     field, effort = ("reasoning.effort", req.reasoning.effort) if req.reasoning is not None else (
         "reasoning_effort", req.reasoning_effort)
-    if not effort:
-        return None
-    if effort not in _EFFORTS:
-        raise codec.BadRequest(f"{field}: invalid reasoning value {effort!r} (must be one of "
-                               f"{', '.join(openai.REASONING_EFFORTS)})")
-    return _EFFORTS[effort]
+    try:
+        return think_from_effort(effort)
+    except ValueError as exc:
+        raise codec.BadRequest(f"{field}: {exc}") from None
 
 
 def _conversation(req: openai.ChatCompletionRequest, model: ResolvedModel) -> ChatRequest:
-    tools, tool_choice = _tools(req)
+    tools, choice = _tools(req)
     think, think_level = think_setting(_think(req))
     return ChatRequest(id=inference.request_id("chatcmpl"),
                        messages=inference.with_modelfile(model, [_message(m) for m in req.messages]),
-                       tools=tools, tool_choice=tool_choice, format=_format(req.response_format), think=think,
+                       tools=tools, tool_choice=choice, format=_format(req.response_format), think=think,
                        think_level=think_level, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
 
 

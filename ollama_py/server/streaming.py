@@ -1,5 +1,9 @@
 """Streaming responses: NDJSON for /api, server-sent events for /v1, and progress from worker threads.
 
+Server-sent events come in two kinds: OpenAI's chat streams (`data:` lines
+ending in `data: [DONE]`) and the named events of Anthropic's Messages and
+OpenAI's Responses streams (`event: NAME` before each `data:`, no trailer).
+
 The status line can only be sent once. So a stream's first item is awaited
 before anything is written: an error up to then (unknown model, bad option,
 prompt too long, busy) still gets its own status from the error middleware.
@@ -15,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
 from ollama_py.api import codec
@@ -71,6 +76,18 @@ async def sse(request: web.Request, items: AsyncGenerator[Any, None]) -> web.Str
     """`data: <json>` events ending with `data: [DONE]`, as OpenAI streams; a failure is an error event."""
     return await _stream(request, items, content_type="text/event-stream", frame=_sse,
                          failure=lambda e: _sse(openai_error_body(e)), trailer=_SSE_DONE)
+
+
+def _named(event: msgspec.Struct) -> bytes:
+    """One named event: the event's type tag is its name, as Anthropic and OpenAI's Responses send them."""
+    return b"event: " + str(event.__struct_config__.tag).encode() + b"\ndata: " + codec.encode(event) + b"\n\n"
+
+
+async def named_sse(request: web.Request, items: AsyncGenerator[msgspec.Struct, None],
+                    failure: Callable[[ApiError], msgspec.Struct]) -> web.StreamResponse:
+    """Events each named for its tagged Struct's tag; a failure is the event `failure` makes of it."""
+    return await _stream(request, items, content_type="text/event-stream", frame=_named,
+                         failure=lambda e: _named(failure(e)), trailer=b"")
 
 
 def json(value: Any, status: int = 200) -> web.Response:

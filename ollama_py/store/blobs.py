@@ -6,16 +6,26 @@ was a digest that walked out of the blobs folder). A blob is written to a
 temporary file inside the store, hashed as it is written, fsynced, and only
 renamed into place when its digest matches: a reader never sees a partial or
 wrong blob under a real name, and a rejected write leaves nothing behind.
+
+The store holds only what it owns: no path it reads, writes or deletes may
+lead out of OLLAMA_MODELS through a symlink (`confined`). A writer holds an
+exclusive `flock` on its temporary file while it writes, so that a sweep by
+another process on the same store (a second server starting) can tell an
+upload in progress from the leftover of a writer that died.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
@@ -34,6 +44,72 @@ TEMP_PREFIX = ".partial-"
 _CHUNK = 1 << 20
 
 Progress = Callable[[int], None]  # bytes written so far
+
+# A write that failed for want of space: 507 Insufficient Storage, not our fault.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+class OutsideStoreError(PermissionError):
+    """A path in the store that a symlink leads out of OLLAMA_MODELS: never read, written or deleted through."""
+
+
+def confined(store_root: Path, path: Path) -> Path:
+    """`path`, or OutsideStoreError when resolving its symlinks leads out of the store.
+
+    The check resolves every symlink on the way, the last component included,
+    and works for paths not created yet (their existing prefix is resolved):
+    a folder that is a symlink out is refused before anything is made in it.
+    """
+    real_root = os.path.realpath(store_root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise OutsideStoreError(f"{path} leads out of the model store (to {real}): "
+                                "ollama-py does not follow symlinks out of OLLAMA_MODELS")
+    return path
+
+
+def temp_file(folder: Path) -> tuple[int, Path]:
+    """A new temporary file in `folder`, open and exclusively locked for as long as the writer holds it."""
+    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it, so this never waits
+    return fd, Path(name)
+
+
+def remove_if_stale(store_root: Path, path: Path, *, older_than: float) -> bool:
+    """Removes a temporary file of a writer that is gone: not locked by any process, and not modified since
+    `older_than` (a time.time() value). The age guards the instant between a writer's mkstemp and its flock.
+
+    A symlink (hf_transfer's link to a partial file) counts as held while its target is; one that leads
+    out of the store is removed without being opened.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    if st.st_mtime > older_than:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+    try:
+        confined(store_root, path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, OutsideStoreError):
+        path.unlink(missing_ok=True)  # a link whose target is gone, or outside
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a writer, in this process or another, still holds it
+    else:
+        path.unlink(missing_ok=True)  # while locked: no writer can claim it meanwhile
+        return True
+    finally:
+        os.close(fd)
 
 
 class InvalidDigestError(ValueError):
@@ -70,8 +146,7 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(target: Path, data: bytes, *, temp_dir: Path) -> None:
     """Replaces target with data so that readers see the old file or the new one, never a mix."""
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=temp_dir)
-    tmp = Path(tmp_name)
+    fd, tmp = temp_file(temp_dir)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -88,20 +163,37 @@ class BlobStore:
     """The `blobs/` folder of one store."""
 
     def __init__(self, root: Path) -> None:
+        self.store_root = root
         self.root = root / "blobs"
 
+    def inside(self, path: Path) -> Path:
+        """`path`, refused (OutsideStoreError) when it leads out of the store."""
+        return confined(self.store_root, path)
+
+    def folder(self) -> Path:
+        """The blobs folder, made if missing; refused when it is a symlink out of the store."""
+        self.inside(self.root).mkdir(parents=True, exist_ok=True)
+        return self.root
+
+    def _name(self, digest: str) -> Path:
+        """Where a digest's blob goes; a symlink found there is replaced or removed, never followed."""
+        return self.inside(self.root) / ("sha256-" + check_digest(digest)[7:])
+
     def path(self, digest: str) -> Path:
-        """The file for a digest; the digest is validated first, so the path stays in blobs/."""
-        return self.root / ("sha256-" + check_digest(digest)[7:])
+        """The file for a digest to read; the digest is validated first, and the path never leads out of the
+        store (OutsideStoreError)."""
+        return self.inside(self._name(digest))
 
     def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        try:
+            return self.path(digest).is_file()
+        except OutsideStoreError:
+            return False
 
     def size(self, digest: str) -> int:
-        path = self.path(digest)
         try:
-            return path.stat().st_size
-        except FileNotFoundError:
+            return self.path(digest).stat().st_size
+        except (FileNotFoundError, OutsideStoreError):
             raise BlobNotFoundError(f"blob {check_digest(digest)} not found") from None
 
     def digests(self) -> Iterator[str]:
@@ -120,10 +212,9 @@ class BlobStore:
 
     def verify(self, digest: str) -> bool:
         """Re-hashes a stored blob: for checks after a crash, not on every read."""
-        path = self.path(digest)
-        if not path.is_file():
+        if not self.exists(digest):
             return False
-        with path.open("rb") as f:
+        with self.path(digest).open("rb") as f:
             return _hash_stream(f) == check_digest(digest)
 
     def write_stream(self, src: BinaryIO, *, digest: str | None = None, progress: Progress | None = None) -> str:
@@ -136,9 +227,7 @@ class BlobStore:
         expected = check_digest(digest) if digest is not None else None
         if expected is not None and self.exists(expected):
             return expected
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
-        tmp = Path(tmp_name)
+        fd, tmp = temp_file(self.folder())
         try:
             hasher = hashlib.sha256()
             done = 0
@@ -155,7 +244,7 @@ class BlobStore:
             if expected is not None and got != expected:
                 raise DigestMismatchError(f"digest mismatch: expected {expected}, the data hashes to {got}")
             os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path(got))
+            os.replace(tmp, self._name(got))
         finally:
             tmp.unlink(missing_ok=True)
         fsync_dir(self.root)
@@ -169,8 +258,7 @@ class BlobStore:
             raise DigestMismatchError(f"digest mismatch: expected {check_digest(digest)}, the data hashes to {got}")
         if self.exists(got):
             return got
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path(got), data, temp_dir=self.root)
+        atomic_write_bytes(self._name(got), data, temp_dir=self.folder())
         return got
 
     def write_file(self, source: Path, *, digest: str | None = None, progress: Progress | None = None) -> str:
@@ -180,22 +268,22 @@ class BlobStore:
 
     def read_bytes(self, digest: str, *, limit: int) -> bytes:
         """A small blob's content; `limit` guards against a manifest pointing a text layer at weights."""
-        path = self.path(digest)
         try:
-            with path.open("rb") as f:
+            with self.path(digest).open("rb") as f:
                 data = f.read(limit + 1)
-        except FileNotFoundError:
+        except (FileNotFoundError, OutsideStoreError):
             raise BlobNotFoundError(f"blob {check_digest(digest)} not found") from None
         if len(data) > limit:
             raise ValueError(f"blob {check_digest(digest)} is larger than {limit} bytes")
         return data
 
     def remove(self, digests: Iterable[str]) -> list[str]:
-        """Deletes blobs; returns the ones that were there."""
+        """Deletes blobs; returns the ones that were there. A blob that is a symlink loses the link, never
+        its target."""
         removed = []
         for digest in digests:
             try:
-                self.path(digest).unlink()
+                self._name(digest).unlink()
                 removed.append(check_digest(digest))
             except FileNotFoundError:
                 continue
@@ -203,17 +291,19 @@ class BlobStore:
             fsync_dir(self.root)
         return removed
 
-    def remove_leftovers(self) -> list[Path]:
-        """Deletes temporary files of writers that died; only safe while no writer runs."""
+    def remove_leftovers(self, *, older_than: float | None = None) -> list[Path]:
+        """Deletes temporary files of writers that died: unlocked, and untouched since `older_than`
+        (time.time(); by default now). A writer in another process keeps its file."""
         if not self.root.is_dir():
             return []
-        gone = [p for p in self.root.iterdir() if p.name.startswith(TEMP_PREFIX)]
-        for p in gone:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        return gone
+        cutoff = time.time() if older_than is None else older_than
+        folder = self.inside(self.root)
+        return [p for p in sorted(folder.iterdir())
+                if p.name.startswith(TEMP_PREFIX) and remove_if_stale(self.store_root, p, older_than=cutoff)]
+
+    def modified(self, digest: str) -> float:
+        """When a blob was last written (time.time()), its link's own time for a symlink."""
+        return self._name(digest).lstat().st_mtime
 
 
 def _hash_stream(src: BinaryIO) -> str:

@@ -10,9 +10,12 @@ new blobs in between.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import msgspec
 
 from ollama_py.api.native import ProgressUpdate
 from ollama_py.settings import Settings
-from ollama_py.store import default_model, gguf, library, names
+from ollama_py.store import convert, default_model, gguf, library, names
+from ollama_py.store import quantize as quantizing
 from ollama_py.store.blobs import check_digest
 from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL,
                                        MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_TEMPLATE,
@@ -34,6 +38,8 @@ DEFAULT_MODEL = "smollm2:135m"
 
 
 Progress = Callable[[ProgressUpdate], None]
+# Fetches a model the store lacks (a registry or Hugging Face pull), reporting in Ollama's words.
+Pull = Callable[[ModelName, Progress | None], object]
 
 
 class CreateError(ValueError):
@@ -106,6 +112,13 @@ def _emit(progress: Progress | None, status: str, **kw: int | str) -> None:
         progress(ProgressUpdate(status=status, **kw))  # type: ignore[arg-type]
 
 
+def _without_success(progress: Progress | None) -> Progress | None:
+    """A pull's or import's progress inside a create: its own "success" would end the create's stream early."""
+    if progress is None:
+        return None
+    return lambda update: None if update.status == "success" else progress(update)
+
+
 def _expand(path: str, base_dir: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir / p
@@ -151,6 +164,47 @@ def _text_layer(store: Store, media_type: str, data: bytes, progress: Progress |
     return Layer(media_type=media_type, digest=digest, size=len(data))
 
 
+def check_adapter(adapter: gguf.GGUFFile, model: gguf.GGUFFile, what: str) -> None:
+    """Refuses, before llama.cpp sees it, a LoRA built for another architecture or other tensor shapes.
+
+    GGUF shapes are in ggml's order: a LoRA pair for a weight of shape (n_in,
+    n_out) is `lora_a` (n_in, rank) and `lora_b` (rank, n_out).
+    """
+    meta = adapter.metadata
+    if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+        raise CreateError(f"ADAPTER {what}: not a LoRA adapter (general.type {meta.get('general.type')!r}, "
+                          f"adapter.type {meta.get('adapter.type')!r})")
+    if adapter.architecture != model.architecture:
+        raise CreateError(f"ADAPTER {what}: built for the {adapter.architecture} architecture, "
+                          f"but the model is {model.architecture}")
+    weights = {t.name: t.shape for t in model.tensors}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for tensor in adapter.tensors:
+        base, _, part = tensor.name.rpartition(".")
+        if part not in ("lora_a", "lora_b"):
+            raise CreateError(f"ADAPTER {what}: unexpected tensor {tensor.name}")
+        pairs.setdefault(base, {})[part] = tensor.shape
+    if not pairs:
+        raise CreateError(f"ADAPTER {what}: has no LoRA tensors")
+    for base, pair in pairs.items():
+        shape = weights.get(base)
+        if shape is None:
+            raise CreateError(f"ADAPTER {what}: the model has no tensor {base}")
+        a, b = pair.get("lora_a"), pair.get("lora_b")
+        if a is None or b is None:
+            raise CreateError(f"ADAPTER {what}: {base} lacks its lora_a or lora_b tensor")
+        if len(shape) != 2 or len(a) != 2 or len(b) != 2 or a[0] != shape[0] or b[1] != shape[1] or a[1] != b[0]:
+            raise CreateError(f"ADAPTER {what}: {base} has shape {list(shape)}, which a LoRA of shapes "
+                              f"{list(a)} and {list(b)} does not fit")
+
+
+def _weights_path(store: Store, base: Manifest | None) -> Path:
+    layer = base.layer(MEDIA_MODEL) if base is not None else None
+    if layer is None:
+        raise CreateError("quantize: the base model has no weights to quantize")
+    return store.blobs.path(layer.digest)
+
+
 def _base_params(store: Store, manifest: Manifest) -> dict[str, ParamValue]:
     layer = manifest.layer(MEDIA_PARAMS)
     if layer is None:
@@ -162,20 +216,43 @@ def _base_params(store: Store, manifest: Manifest) -> dict[str, ParamValue]:
 
 
 def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path,
-           progress: Progress | None = None, resolve_default: Settings | None = None) -> ModelName:
+           progress: Progress | None = None, resolve_default: Settings | None = None,
+           pull: Pull | None = None, quantize: str = "", cancel: threading.Event | None = None) -> ModelName:
     """Builds `name` from a parsed Modelfile; returns the name as stored.
 
     FROM is a GGUF path (relative to `base_dir`, `~` expanded), one of this
     store's blob files, or a model in the store. With `resolve_default`, a FROM
-    of the default model imports it first when it is missing.
+    of the default model imports it first when it is missing; with `pull`, any
+    other model the store lacks is pulled first, as Ollama's create does. With
+    `quantize` (a type such as q4_K_M), unquantized weights are quantized into a
+    new blob; `cancel` stops that.
     """
+    # Only a conversion or a quantization needs room for a file that is not a blob yet.
+    converting = _expand(modelfile.from_, base_dir).is_dir()
+    if quantize or converting:
+        store.root.mkdir(parents=True, exist_ok=True)
+    scratch = (tempfile.TemporaryDirectory(prefix=".create-", dir=store.root) if quantize or converting
+               else contextlib.nullcontext())
+    with scratch as folder:
+        return _create(store, name, modelfile, base_dir=base_dir, progress=progress, resolve_default=resolve_default,
+                       pull=pull, quantize=quantize, cancel=cancel, scratch=Path(folder) if folder else None)
+
+
+def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path, progress: Progress | None,
+            resolve_default: Settings | None, pull: Pull | None, quantize: str, cancel: threading.Event | None,
+            scratch: Path | None) -> ModelName:
     _emit(progress, "gathering model components")
     source = _expand(modelfile.from_, base_dir)
     base: Manifest | None = None
     model_info: gguf.GGUFFile | None = None
-    if source.is_dir():
-        raise CreateError(f"FROM {modelfile.from_}: importing a folder (safetensors) is not supported; "
-                          "convert it to GGUF first")
+    if source.is_dir() and scratch is not None:
+        _emit(progress, "converting model")
+        converted = scratch / "converted.gguf"
+        try:
+            convert.convert(source, converted)
+        except convert.ConvertError as exc:
+            raise CreateError(f"FROM {modelfile.from_}: {exc}") from None
+        source = converted
     if source.is_file():
         _emit(progress, "parsing GGUF")
         model_info = _read_gguf(source, "FROM")
@@ -184,9 +261,11 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
             base_name = names.parse(modelfile.from_)
         except names.InvalidNameError as exc:
             raise CreateError(f"FROM {modelfile.from_!r} is neither a file nor a model name: {exc}") from None
-        if store.resolve(base_name) is None and resolve_default is not None and \
-                base_name.same(names.parse(DEFAULT_MODEL)):
-            import_default(store, resolve_default, progress=progress)
+        if store.resolve(base_name) is None:
+            if resolve_default is not None and base_name.same(names.parse(DEFAULT_MODEL)):
+                import_default(store, resolve_default, progress=_without_success(progress))
+            elif pull is not None:
+                pull(base_name, _without_success(progress))
         try:
             base = store.read(base_name)
         except ModelNotFoundError:
@@ -196,11 +275,18 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
     for path in adapter_paths:
         if not path.is_file():
             raise CreateError(f"ADAPTER {path}: no such file")
-        _read_gguf(path, "ADAPTER")
+        weights_info = model_info if model_info is not None else _read_gguf(_weights_path(store, base), "FROM")
+        check_adapter(_read_gguf(path, "ADAPTER"), weights_info, path.name)
+    quantized: Path | None = None
+    if quantize and scratch is not None:
+        weights = source if model_info is not None else _weights_path(store, base)
+        quantized = quantizing.quantized(weights, quantize, scratch, progress=progress, cancel=cancel)
 
     with store.writing():
         if model_info is not None:
-            layers = [_file_layer(store, source, MEDIA_MODEL, progress)]
+            layers = [_file_layer(store, quantized or source, MEDIA_MODEL, progress)]
+            if quantized is not None:
+                model_info = _read_gguf(quantized, "the quantized model")
             config = _config_from_gguf(model_info)
             template = modelfile.template if modelfile.template is not None else derived_template(
                 model_info.chat_template)
@@ -217,6 +303,10 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
             for layer in layers:
                 _emit(progress, f"using existing layer {layer.digest}")
             config = store.config(base)
+            if quantized is not None:
+                layers = [_file_layer(store, quantized, MEDIA_MODEL, progress) if layer.media_type == MEDIA_MODEL
+                          else layer for layer in layers]
+                config = msgspec.structs.replace(config, file_type=_read_gguf(quantized, "the quantized model").file_type)
             template_layer = base.layer(MEDIA_TEMPLATE) or base.layer(MEDIA_PROMPT)
             system_layer = base.layer(MEDIA_SYSTEM)
             template = modelfile.template if modelfile.template is not None else (

@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import re
-import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
@@ -28,7 +27,7 @@ import msgspec
 
 from ollama_py.settings import Settings
 from ollama_py.store import gguf, gguf_split, transfer
-from ollama_py.store.blobs import TEMP_PREFIX, InvalidDigestError, check_digest, fsync_dir
+from ollama_py.store.blobs import InvalidDigestError, check_digest, fsync_dir, temp_file
 from ollama_py.store.create import Progress, create, default_system
 from ollama_py.store.manifests import Store
 from ollama_py.store.modelfile import Modelfile, ParamValue
@@ -238,8 +237,7 @@ def _model_file(store: Store, digests: list[str]) -> Path:
         transfer.install(store.blobs, digests[0])
         return store.blobs.path(digests[0])
     parts = [transfer.partial_path(store.blobs, digest) for digest in digests]
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=store.blobs.root)
-    tmp = Path(tmp_name)
+    fd, tmp = temp_file(store.blobs.folder())
     try:
         with os.fdopen(fd, "wb") as out:
             try:

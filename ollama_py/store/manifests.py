@@ -9,7 +9,13 @@ rename, and removal deletes the manifest before the blobs it alone used.
 
 A lock file serialises pruning against writers: writers hold it shared (many
 at once), pruning holds it exclusive, so a blob just written for a manifest
-not yet written is never taken for garbage.
+not yet written is never taken for garbage. Several servers may share one
+store: the start-up prune skips its turn while any process writes, and leaves
+alone what another process may still be using (a locked temporary file, or an
+unused blob younger than the prune grace: an upload waiting for its create).
+
+No path is followed out of the store through a symlink: a model whose folder
+or manifest leads out is not found, and a write or delete there is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +35,18 @@ import msgspec
 
 from ollama_py.settings import Settings
 from ollama_py.store import names
-from ollama_py.store.blobs import BlobNotFoundError, BlobStore, Digest, atomic_write_bytes, check_digest, fsync_dir
+from ollama_py.store.blobs import (
+    TEMP_PREFIX,
+    BlobNotFoundError,
+    BlobStore,
+    Digest,
+    OutsideStoreError,
+    atomic_write_bytes,
+    check_digest,
+    confined,
+    fsync_dir,
+    remove_if_stale,
+)
 from ollama_py.store.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -151,27 +169,38 @@ def decode_manifest(data: bytes, *, where: str = "manifest") -> Manifest:
 class Store:
     """An Ollama model store rooted at OLLAMA_MODELS."""
 
-    def __init__(self, root: Path, *, noprune: bool = False) -> None:
+    def __init__(self, root: Path, *, noprune: bool = False, prune_grace: float = 0.0) -> None:
         self.root = Path(root)
         self.noprune = noprune
+        # Seconds an unused blob or an unlocked temporary file is left alone by `prune` (another server's work).
+        self.prune_grace = prune_grace
         self.blobs = BlobStore(self.root)
         self.manifests = self.root / "manifests"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls(settings.models, noprune=settings.noprune)
+        return cls(settings.models, noprune=settings.noprune, prune_grace=settings.prune_grace)
 
     # -- locking ---------------------------------------------------------
 
     @contextmanager
-    def _lock(self, kind: int) -> Iterator[None]:
+    def _lock(self, kind: int) -> Iterator[bool]:
+        """Holds the store's lock; yields False instead of waiting when `kind` has LOCK_NB and it is taken."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / _LOCK_NAME).open("a") as f:
-            fcntl.flock(f, kind)
+        # O_NOFOLLOW: a lock file that is a symlink is refused, never created or opened elsewhere.
+        fd = os.open(self.root / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
             try:
-                yield
+                fcntl.flock(fd, kind)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -182,12 +211,21 @@ class Store:
     # -- names and paths -------------------------------------------------
 
     def _file(self, name: ModelName) -> Path:
+        """The manifest's path; OutsideStoreError when a symlink on the way leads out of the store."""
         path = self.manifests.joinpath(*name.manifest_path.parts)
         # names.parse already refused anything that could leave the folder; this is the second lock on the door.
         if os.path.commonpath([os.path.abspath(path), os.path.abspath(self.manifests)]) != os.path.abspath(
                 self.manifests):
             raise names.InvalidNameError(f"{name} would leave the store")
-        return path
+        return confined(self.root, path)
+
+    def _inside(self, path: Path) -> bool:
+        try:
+            confined(self.root, path)
+        except OutsideStoreError as exc:
+            log.warning("ignoring %s", exc)
+            return False
+        return True
 
     def resolve(self, name: ModelName) -> ModelName | None:
         """The stored name matching `name` case-insensitively, with the case it has on disk."""
@@ -203,7 +241,7 @@ class Store:
                 return None
             found.append(exact)
             folder = folder / exact
-        if not folder.is_file():
+        if not folder.is_file() or not self._inside(folder):
             return None
         return names.from_manifest_path(PurePosixPath(*found))
 
@@ -222,18 +260,33 @@ class Store:
             raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
         return data
 
-    def read(self, name: ModelName) -> Manifest:
+    def _read_model(self, name: ModelName) -> tuple[ModelName, bytes]:
+        """The stored name and its manifest's bytes; ModelNotFoundError also when a delete wins the race."""
         stored = self._require(name)
-        path = self._file(stored)
-        return decode_manifest(self._read_file(path), where=f"the manifest of {stored.display()}")
+        try:
+            return stored, self._read_file(self._file(stored))
+        except FileNotFoundError:
+            raise ModelNotFoundError(f"model '{name.display()}' not found") from None
+
+    def read(self, name: ModelName) -> Manifest:
+        stored, data = self._read_model(name)
+        return decode_manifest(data, where=f"the manifest of {stored.display()}")
 
     def read_bytes(self, name: ModelName) -> bytes:
         """The manifest file as stored: what a push sends, so the registry's digest is the local one."""
-        return self._read_file(self._file(self._require(name)))
+        return self._read_model(name)[1]
+
+    def modified_at(self, name: ModelName) -> datetime:
+        """When the model's manifest was written: `modified_at` in list and show."""
+        try:
+            mtime = self._file(self._require(name)).stat().st_mtime
+        except FileNotFoundError:  # removed since it was resolved
+            raise ModelNotFoundError(f"model '{name.display()}' not found") from None
+        return datetime.fromtimestamp(mtime, tz=UTC)
 
     def manifest_digest(self, name: ModelName) -> str:
         """Hex sha256 of the manifest bytes: the ID column of `ollama list`."""
-        return hashlib.sha256(self._read_file(self._file(self._require(name)))).hexdigest()
+        return hashlib.sha256(self._read_model(name)[1]).hexdigest()
 
     def config(self, manifest: Manifest) -> ModelConfig:
         """The config blob; an empty config when it is missing, as a damaged store should still list."""
@@ -258,6 +311,8 @@ class Store:
         for dirpath, _, files in os.walk(self.manifests):
             for file in files:
                 path = Path(dirpath) / file
+                if file.startswith(TEMP_PREFIX) or not self._inside(path):
+                    continue
                 relative = PurePosixPath(path.relative_to(self.manifests).as_posix())
                 try:
                     yield names.from_manifest_path(relative), path
@@ -357,21 +412,38 @@ class Store:
         return self.blobs.remove(sorted(candidates - used))
 
     def prune(self) -> list[str]:
-        """Removes blobs no manifest uses and leftovers of killed writers (Ollama does this at startup)."""
+        """Removes blobs no manifest uses and leftovers of killed writers (Ollama does this at startup).
+
+        Only what is provably stale goes: nothing while another process writes (it holds the lock shared),
+        no temporary file a writer still holds, and nothing modified within `prune_grace` seconds (a blob
+        uploaded for a create that has not come yet).
+        """
         if self.noprune:
             return []
-        with self._lock(fcntl.LOCK_EX):
-            leftovers = self.blobs.remove_leftovers()
+        with self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
+            if not locked:
+                log.info("not pruning: another process is writing to the store")
+                return []
+            cutoff = time.time() - self.prune_grace
+            leftovers = self.blobs.remove_leftovers(older_than=cutoff)
             for dirpath, _, files in os.walk(self.manifests):
                 for file in files:
-                    if file.startswith(".partial-"):
-                        (Path(dirpath) / file).unlink(missing_ok=True)
+                    path = Path(dirpath) / file
+                    if file.startswith(TEMP_PREFIX) and remove_if_stale(self.root, path, older_than=cutoff):
+                        leftovers.append(path)
             if leftovers:
                 log.info("removed %d unfinished writes", len(leftovers))
             used = self._references()
             if used is None:
                 return []
-            return self.blobs.remove(sorted(set(self.blobs.digests()) - used))
+            unused = [d for d in sorted(set(self.blobs.digests()) - used) if self._stale(d, cutoff)]
+            return self.blobs.remove(unused)
+
+    def _stale(self, digest: str, cutoff: float) -> bool:
+        try:
+            return self.blobs.modified(digest) <= cutoff
+        except FileNotFoundError:
+            return False
 
     def _remove_empty_dirs(self, folder: Path) -> None:
         while folder != self.manifests and folder.is_relative_to(self.manifests):

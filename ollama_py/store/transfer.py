@@ -49,7 +49,13 @@ from typing import NamedTuple
 
 import msgspec
 
-from ollama_py.store.blobs import TEMP_PREFIX, BlobStore, check_digest, fsync_dir
+from ollama_py.store.blobs import (
+    TEMP_PREFIX,
+    BlobStore,
+    check_digest,
+    disk_full,
+    fsync_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ PIECE = 64 << 20  # largest range one resume request asks for
 UNIT = 1 << 20  # resume granularity: a data region counts only in whole units (see _holes)
 RETRIES = 3  # attempts per range before the download fails
 POLL = 0.2  # seconds between checks for cancellation while waiting
+DISK_FULL_EXIT = 28  # the child's exit status when the disk is full (ENOSPC's number, for a reader of `ps`)
 
 Completed = Callable[[int], None]  # bytes of the blob present so far
 
@@ -203,8 +210,10 @@ def upstream_status(status: int) -> int:
 
 
 def partial_path(blobs: BlobStore, digest: str) -> Path:
-    """Ollama's name for a download in progress: `blobs/sha256-<hex>-partial`."""
-    return blobs.path(digest).with_name(blobs.path(digest).name + "-partial")
+    """Ollama's name for a download in progress: `blobs/sha256-<hex>-partial`; never one that leads out of
+    the store."""
+    blob = blobs.path(digest)
+    return blobs.inside(blob.with_name(blob.name + "-partial"))
 
 
 def _holes(fd: int, size: int) -> list[tuple[int, int]]:
@@ -327,7 +336,7 @@ def download_ranges(source: Source, fd: int, holes: list[tuple[int, int]], size:
                 _fetch_range(source, fd, pos, last, size, advance)
                 return
             except (OSError, http.client.HTTPException, RegistryError) as exc:
-                if attempt == RETRIES - 1 or isinstance(exc, RegistryError) and exc.status != 502:
+                if attempt == RETRIES - 1 or disk_full(exc) or isinstance(exc, RegistryError) and exc.status != 502:
                     raise
                 log.info("range %d-%d of %s failed (%s); retrying", pos, last, shown(source.url), exc)
                 time.sleep(2 ** attempt)
@@ -440,7 +449,9 @@ def _run_child(job: Job, base: int, report: Completed, stopped: Callable[[], boo
             *lines, pending = pending.split(b"\n")
             if lines:
                 report(base + int(lines[-1]))
-        if child.wait() != 0:
+        if child.wait() == DISK_FULL_EXIT:
+            raise RegistryError(f"not enough disk space for {job.path}", 507)
+        if child.returncode != 0:
             said = child.stderr.read().decode("utf-8", errors="replace").strip().splitlines()
             raise RegistryError(f"download from {shown(job.url)} failed: {said[-1] if said else child.returncode}")
     finally:
@@ -487,7 +498,7 @@ class _Transfer:
         except RegistryError as exc:
             self.error = exc
         except OSError as exc:
-            self.error = RegistryError(f"downloading {self.digest}: {exc}", 500)
+            self.error = RegistryError(f"downloading {self.digest}: {exc}", 507 if disk_full(exc) else 500)
         finally:
             _transfers.finish(self)
             with self.changed:
@@ -643,6 +654,9 @@ def install(blobs: BlobStore, digest: str) -> None:
 if __name__ == "__main__":
     try:
         _child_main()
+    except OSError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(DISK_FULL_EXIT if disk_full(exc) else 1)
     except Exception as exc:  # noqa: BLE001 - hf_transfer raises plain Exception; the parent reports this line
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -11,7 +11,9 @@ actions, `{{- -}}` trimming, comments, `if`/`else if`/`else`, `range` (with
 (`$`, `:=`, `=`), pipelines, parenthesised pipelines and chained fields, and
 the builtins `and or not len index slice eq ne lt le gt ge print printf
 println html`. Extra functions (Ollama's `json`, ...) are passed in. `define`,
-`template` and `block` are refused with a clear error.
+`template` and `block` are refused with a clear error. An execution is
+bounded (`Limits`: steps, output, a deadline, a cancel flag), since a template
+can loop or write without end.
 
 Values are Python data standing for Go values: str, bool, int, float, None (a
 nil interface), list/tuple (slices), dict (maps, ranged and marshalled in key
@@ -20,7 +22,7 @@ types whose String method the template printer calls) and `Nil` ones (nil
 slices and maps, which JSON writes as null).
 """
 
-from ollama_py.engine.gotemplate.exec import Template
+from ollama_py.engine.gotemplate.exec import LimitExceeded, Limits, Template
 from ollama_py.engine.gotemplate.funcs import Function, FunctionError
 from ollama_py.engine.gotemplate.parse import (ActionNode, BreakNode, ChainNode, CommandNode, ConstNode, ContinueNode,
                                                DotNode, FieldNode, IdentifierNode, IfNode, NilNode, Node, PipeNode,
@@ -30,7 +32,8 @@ from ollama_py.engine.gotemplate.values import (JSONList, JSONMap, Nil, NilSlice
 
 __all__ = [
     "ActionNode", "BreakNode", "ChainNode", "CommandNode", "ConstNode", "ContinueNode", "DotNode",
-    "FieldNode", "Function", "FunctionError", "IdentifierNode", "IfNode", "JSONList", "JSONMap", "Nil", "NilNode",
+    "FieldNode", "Function", "FunctionError", "IdentifierNode", "IfNode", "JSONList", "JSONMap", "LimitExceeded",
+    "Limits", "Nil", "NilNode",
     "NilSlice", "Node", "OrderedMap", "PipeNode", "PropertyType", "RangeNode", "Stringer", "Struct", "StructType",
     "Template", "TemplateError", "TextNode", "VariableNode", "WithNode", "format_value", "go_json", "truth",
     "type_name",

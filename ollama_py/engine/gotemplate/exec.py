@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ollama_py.engine.gotemplate.funcs import BUILTINS, LAZY, Function, FunctionError
@@ -19,6 +22,28 @@ class _Missing:
 _MISSING = _Missing()
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much work one execution may do. A template can loop (nested ranges over numbers) or write without
+    end, and a request may bring its own: every execution is bounded, and whoever asked can stop it."""
+
+    max_steps: int = 0  # actions, blocks and loop turns; 0: unbounded
+    max_output: int = 0  # characters written, and the longest string one function may make; 0: unbounded
+    deadline: float = 0.0  # time.monotonic() by which it must have ended; 0: none
+    cancelled: threading.Event | None = None  # set when nobody waits for the output any more
+
+
+class LimitExceeded(TemplateError):
+    """An execution stopped at one of its Limits; `limit` says which: "steps", "output", "time" or "cancelled"."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+_CHECK_EVERY = 256  # steps between looks at the clock and the cancel flag
+
+
 class _Break(Exception):
     pass
 
@@ -30,22 +55,43 @@ class _Continue(Exception):
 class _State:
     """One execution: the output so far and the variable stack (`$` at the bottom)."""
 
-    def __init__(self, template: Template, data: Any) -> None:
+    def __init__(self, template: Template, data: Any, limits: Limits) -> None:
         self.template = template
         self.out: list[str] = []
         self.vars: list[list[Any]] = [["$", data]]
+        self.limits = limits
+        self.steps = 0
+        self.size = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        limits = self.limits
+        if limits.max_steps and self.steps > limits.max_steps:
+            raise LimitExceeded("steps", f"template execution took more than {limits.max_steps} steps")
+        if self.steps % _CHECK_EVERY == 0:
+            if limits.cancelled is not None and limits.cancelled.is_set():
+                raise LimitExceeded("cancelled", "template execution cancelled")
+            if limits.deadline and time.monotonic() > limits.deadline:
+                raise LimitExceeded("time", "template execution ran out of time")
+
+    def write(self, text: str) -> None:
+        self.size += len(text)
+        if self.limits.max_output and self.size > self.limits.max_output:
+            raise LimitExceeded("output", f"template output is longer than {self.limits.max_output} characters")
+        self.out.append(text)
 
     def error(self, message: str, node: Any) -> NoReturn:
         raise TemplateError(f"executing <{self.template.text_of(node)}>: {message}", self.template.source, node.pos)
 
     def walk(self, dot: Any, nodes: Sequence[Node]) -> None:
         for node in nodes:
+            self.step()
             if isinstance(node, TextNode):
-                self.out.append(node.text)
+                self.write(node.text)
             elif isinstance(node, ActionNode):
                 value = self.eval_pipeline(dot, node.pipe)
                 if not node.pipe.decl:
-                    self.out.append("<no value>" if value is None else format_value(value))
+                    self.write("<no value>" if value is None else format_value(value))
             elif isinstance(node, (IfNode, WithNode)):
                 mark = len(self.vars)
                 value = self.eval_pipeline(dot, node.pipe)
@@ -68,6 +114,7 @@ class _State:
         iterated = False
         for key, elem in self.range_items(value, node):
             iterated = True
+            self.step()
             if pipe.decl:
                 if pipe.is_assign:
                     self.set_var(pipe.decl[0], key if len(pipe.decl) > 1 else elem, node)
@@ -216,9 +263,12 @@ class _State:
             want = str(function.min_args) if function.min_args == function.max_args else f"at least {function.min_args}"
             self.error(f"wrong number of args for {name}: want {want} got {len(values)}", ident)
         try:
-            return function.fn(*values)
+            result = function.fn(*values)
         except FunctionError as exc:
             self.error(f"error calling {name}: {exc}", ident)
+        if isinstance(result, str) and self.limits.max_output and len(result) > self.limits.max_output:
+            raise LimitExceeded("output", f"{name} made a string longer than {self.limits.max_output} characters")
+        return result
 
 
 class Template:
@@ -240,9 +290,10 @@ class Template:
         """The same template source and functions over a rewritten tree (Ollama appends and cuts nodes)."""
         return Template(self.source, self.extra_funcs, nodes=nodes)
 
-    def execute(self, data: Any) -> str:
-        """The template's output for `data` (dot and `$`); raises TemplateError naming the failing action."""
-        state = _State(self, data)
+    def execute(self, data: Any, limits: Limits = Limits()) -> str:
+        """The template's output for `data` (dot and `$`); raises TemplateError naming the failing action,
+        LimitExceeded when it stops at one of `limits`."""
+        state = _State(self, data, limits)
         try:
             state.walk(data, self.nodes)
         except RecursionError:

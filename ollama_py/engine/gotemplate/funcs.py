@@ -234,6 +234,11 @@ def _format_one(verb: str, flags: str, precision: str | None, arg: Any) -> str |
     return None
 
 
+def _too_large(digits: str | None) -> bool:
+    """Go's fmt refuses a width or precision over 1e6 (tooLarge): a template cannot pad its way to gigabytes."""
+    return digits is not None and digits != "" and (len(digits) > 7 or int(digits) > 1_000_000)
+
+
 def _sprintf(fmt: Any, *args: Any) -> str:
     """fmt.Sprintf for the common verbs (%v %s %q %d %t %f %e %g %x %c), with Go's %!verb(type=value) on misuse."""
     if not isinstance(fmt, str):
@@ -245,6 +250,12 @@ def _sprintf(fmt: Any, *args: Any) -> str:
         out.append(fmt[pos:m.start()])
         pos = m.end()
         flags, width, precision, verb = m.groups()
+        if _too_large(width):
+            out.append("%!(BADWIDTH)")
+            width = None
+        if _too_large(precision):
+            out.append("%!(BADPREC)")
+            precision = None
         if verb == "%":
             out.append("%")
             continue

@@ -1,0 +1,203 @@
+"""Prompt states saved beyond the slots: restored from host RAM, and from disk after a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ollama_py import settings
+from ollama_py.engine.prompt_cache import DiskCache, SavedState
+from ollama_py.engine.runner import Runner, RunnerOptions
+from ollama_py.engine.types import Done, DoneReason, GenerationRequest, Sampling, Token
+from ollama_py.llama.model import Model
+from tests.server_harness import default_store, live_server, server_settings
+
+SYSTEM = ("You are a careful assistant for a small bakery. Answer briefly and politely, name prices in euros, "
+          "never invent products, and suggest the daily special when a customer is unsure what to order. ")
+GREEDY = Sampling(temperature=0, num_predict=16)
+KEY = {"model": "0" * 64, "kv_cache_type": "f16", "flash_attention": True}
+
+
+@dataclass
+class Result:
+    tokens: list[int]
+    done: Done
+
+
+def prompt_of(model: Model, question: str) -> tuple[int, ...]:
+    return tuple(model.vocab.tokenize(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}"
+                                      "<|im_end|>\n<|im_start|>assistant\n", parse_special=True))
+
+
+def follow_up(model: Model, question: str) -> tuple[int, ...]:
+    return tuple(model.vocab.tokenize(f"<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+                                      add_special=False, parse_special=True))
+
+
+async def run(runner: Runner, prompt: tuple[int, ...], sampling: Sampling = GREEDY) -> Result:
+    tokens: list[int] = []
+    async with contextlib.aclosing(runner.submit(GenerationRequest(id="c", prompt=prompt, sampling=sampling))) as s:
+        async for event in s:
+            if isinstance(event, Token):
+                tokens.append(event.token)
+            elif isinstance(event, Done):
+                return Result(tokens, event)
+    raise AssertionError("the stream ended without Done")
+
+
+def options(**changes: object) -> RunnerOptions:
+    return RunnerOptions(num_ctx=1024, num_parallel=1, num_batch=128, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cold(model: Model) -> Iterator[Runner]:
+    """No cache beyond its one slot: what every prompt costs without saved states."""
+    with Runner(model, options(cache_ram=0)) as r:
+        yield r
+
+
+@pytest.mark.asyncio
+async def test_ram_restore_gives_the_cold_output_and_counts_cached_tokens(model: Model, cold: Runner) -> None:
+    first, other = prompt_of(model, "Do you sell rye bread?"), prompt_of(model, "When do you open on Sunday?")
+    with Runner(model, options(cache_ram=64 << 20)) as warm:
+        reference = await run(warm, first)
+        assert reference.done.prompt_cached == 0
+        await run(warm, other)  # takes the only slot: the first prompt's state goes to RAM
+        again = await run(warm, first)
+        assert warm.stats().cache_states >= 1
+    assert again.tokens == reference.tokens
+    assert again.done.prompt_cached == len(first) - 1  # the last token is evaluated again for its logits
+    assert again.done.prompt_eval_count == 1
+    # Without the RAM tier the slot keeps only the shared system prompt.
+    await run(cold, first)
+    await run(cold, other)
+    uncached = await run(cold, first)
+    assert uncached.tokens == reference.tokens
+    assert uncached.done.prompt_cached < again.done.prompt_cached
+
+
+@pytest.mark.asyncio
+async def test_disk_tier_turn_two_after_a_restart_evaluates_only_new_tokens(
+        model: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = prompt_of(model, "What is the capital of France?")
+    added = follow_up(model, "And of Spain?")
+    with Runner(model, options(cache_ram=0)) as unbroken:  # the same two turns without a restart
+        answer = await run(unbroken, first, Sampling(temperature=0, num_predict=200))
+        second = first + tuple(answer.tokens) + added
+        expected = await run(unbroken, second)
+    assert answer.done.reason is DoneReason.STOP  # so every answer token was decoded into the state
+    with Runner(model, options(cache_ram=0, cache_dir=str(tmp_path))) as before:
+        assert (await run(before, first, Sampling(temperature=0, num_predict=200))).tokens == answer.tokens
+    assert list(tmp_path.glob("*.state")), "the finished request's state was written"
+    with Runner(model, options(cache_ram=0, cache_dir=str(tmp_path))) as after:
+        restored = await run(after, second)
+    assert restored.done.prompt_eval_count == len(added)
+    assert restored.done.prompt_cached == len(first) + len(answer.tokens)
+    assert restored.tokens == expected.tokens
+
+    # One payload byte changed: noticed when read, ignored with a warning, removed; the prompt is evaluated.
+    (path,) = tmp_path.glob("*.state")
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(data)
+    caplog.set_level(logging.WARNING, logger="ollama_py.engine.prompt_cache")
+    with Runner(model, options(cache_ram=0, cache_dir=str(tmp_path))) as corrupt:
+        fresh = await run(corrupt, second)
+    assert "payload does not match its checksum" in caplog.text
+    assert fresh.done.prompt_cached == 0 and fresh.done.prompt_eval_count == len(second)
+    assert fresh.tokens
+
+
+def _written(directory: Path, key: dict[str, object]) -> Path:
+    disk = DiskCache(directory, key, 1 << 30)
+    disk.save(SavedState(tuple(range(40)), bytearray(b"state" * 100)))
+    disk.close()
+    (path,) = directory.glob("*.state")
+    return path
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda b: b"XXXXXXXX" + b[8:], "bad magic"),
+    (lambda b: b[:-7], "payload is truncated"),
+    (lambda b: b + b"!", "trailing bytes"),
+    (lambda b: b.replace(b'"n_tokens": 40', b'"n_tokens": 39'), "token list does not match its hash"),
+])
+def test_a_damaged_file_is_never_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                         damage: object, problem: str) -> None:
+    path = _written(tmp_path, KEY)
+    path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
+    caplog.set_level(logging.WARNING, logger="ollama_py.engine.prompt_cache")
+    disk = DiskCache(tmp_path, KEY, 1 << 30)
+    loaded: list[SavedState | None] = []
+    disk.load(tuple(range(50)), loaded.append)
+    disk.close()
+    assert loaded == [None]
+    assert problem in caplog.text
+    assert not path.exists()
+
+
+def test_a_file_for_another_model_is_not_read(tmp_path: Path) -> None:
+    path = _written(tmp_path, KEY)
+    other = DiskCache(tmp_path, {**KEY, "model": "1" * 64}, 1 << 30)
+    assert other.longest(tuple(range(50))) == 0  # another key: its files are not even listed
+    other.close()
+    path.rename(tmp_path / path.name.replace(path.name.split("-")[0], "f" * 16))
+    renamed = DiskCache(tmp_path, {**KEY, "model": "1" * 64}, 1 << 30)
+    assert renamed.longest(tuple(range(50))) == 0
+    renamed.close()
+
+
+def test_the_disk_tier_keeps_to_its_budget(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path, KEY, 3000)
+    for start in range(5):
+        disk.save(SavedState(tuple(range(start * 100, start * 100 + 20)), bytearray(1000)))
+    disk.close()
+    sizes = [p.stat().st_size for p in tmp_path.glob("*.state")]
+    assert 0 < len(sizes) < 5 and sum(sizes) <= 3000
+
+
+def test_a_longer_state_replaces_the_one_it_extends(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path, KEY, 1 << 30)
+    disk.save(SavedState(tuple(range(20)), bytearray(100)))
+    disk.save(SavedState(tuple(range(30)), bytearray(150)))
+    disk.close()
+    assert len(list(tmp_path.glob("*.state"))) == 1
+    assert DiskCache(tmp_path, KEY, 1 << 30).longest(tuple(range(40))) == 30
+
+
+def test_cached_counts_over_http_after_a_restart(tmp_path: Path) -> None:
+    """Ollama's prompt_eval_cached_count and OpenAI's cached_tokens, the second turn on a restarted server."""
+    cache = settings.load().cache
+    store = default_store(tmp_path / "store", cache)
+    config = server_settings(tmp_path / "store", cache, prompt_cache_dir=str(tmp_path / "states"))
+    turn = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
+    options = {"temperature": 0, "num_predict": 60}
+    with live_server(config, store) as first, first.client() as client:
+        one = _chat(client, turn, options)
+    assert one["prompt_eval_cached_count"] == 0
+    assert one["done_reason"] == "stop"  # the end of turn came from the model: every answer token is in the state
+    turn2 = turn + [{"role": "assistant", "content": one["message"]["content"]},
+                    {"role": "user", "content": "And of Spain?"}]
+    with live_server(config, store) as second, second.client() as client:
+        two = _chat(client, turn2, options)
+        repeat = client.post("/v1/chat/completions", json={
+            "model": "smollm2:135m", "messages": turn2, "max_tokens": 4, "temperature": 0}, timeout=300)
+    # The restored state holds the first turn's prompt and answer; only the new turn is evaluated.
+    assert two["prompt_eval_cached_count"] == one["prompt_eval_count"] + one["eval_count"]
+    assert two["prompt_eval_count"] > two["prompt_eval_cached_count"]
+    usage = repeat.json()["usage"]
+    assert usage["prompt_tokens"] == two["prompt_eval_count"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+
+
+def _chat(client: httpx.Client, messages: list[dict[str, str]], options: dict[str, object]) -> dict[str, object]:
+    reply = client.post("/api/chat", json={"model": "smollm2:135m", "messages": messages, "stream": False,
+                                           "options": options}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    return reply.json()  # type: ignore[no-any-return]
