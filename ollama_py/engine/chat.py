@@ -274,7 +274,7 @@ class ChatFormatter:
         request = GenerationRequest(
             id=chat.id, prompt=tuple(prompt), sampling=chat.sampling, grammar=grammar, truncate=chat.truncate,
             logprobs=chat.logprobs, top_logprobs=chat.top_logprobs,
-            **_reasoning_first(chat, rendered.thinking_tags, rendered.prompt))
+            **_reasoning_first(chat, rendered.thinking_tags if think else None, rendered.prompt))
         return PreparedChat(request=request, applied=rendered)
 
     def _fit(self, chat: ChatRequest, num_ctx: int,
