@@ -177,7 +177,7 @@ def test_cached_counts_over_http_after_a_restart(tmp_path: Path) -> None:
     store = default_store(tmp_path / "store", cache)
     config = server_settings(tmp_path / "store", cache, prompt_cache_dir=str(tmp_path / "states"))
     turn = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
-    options = {"temperature": 0, "num_predict": 60}
+    options = {"temperature": 0, "num_predict": 96}  # room for the first answer to end (72 tokens, flash attention on)
     with live_server(config, store) as first, first.client() as client:
         one = _chat(client, turn, options)
     assert one["prompt_eval_cached_count"] == 0
