@@ -10,13 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama
-
-if TYPE_CHECKING:
-    from ollama_py.llama.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +24,8 @@ class AdapterLoadError(LlamaError):
 class LoraAdapter(Handle):
     """A GGUF LoRA loaded for one model; `scale` multiplies the adapter's own alpha/rank scale."""
 
-    def __init__(self, model: Model, path: Path, scale: float = 1.0) -> None:
+    def __init__(self, model: Handle, path: Path, scale: float = 1.0) -> None:
+        """`model` is the loaded model's handle (a `Model`), which must outlive the adapter."""
         ptr = llama().llama_adapter_lora_init(model.ptr, str(path).encode())
         if not ptr:
             raise AdapterLoadError(f"llama.cpp could not load the LoRA adapter {path.name} for this model (not a "
