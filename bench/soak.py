@@ -6,7 +6,9 @@ to the defaults (`OLLAMA_NUM_PARALLEL=4`, `OLLAMA_MAX_QUEUE=16`, every
 `OLLAMA_PY_*` bound at its default). Then:
 
 1. quiet baselines: a short healthy streaming `/api/chat` (16 tokens,
-   temperature 0; time to first token and total) and `GET /api/tags`;
+   temperature 0; time to first token and total) and `GET /api/tags`,
+   measured again after the soak; each ratio is to the faster of the two,
+   so a load spike during one of them does not flatter the soak;
 2. for --minutes, one hostile lane cycling through every row of the issue's
    table that a client can reproduce over HTTP (each row sends its requests
    as the issue did: 8 template clients at once, 200 streams at once, ...),
@@ -39,6 +41,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -191,8 +194,10 @@ class Server:
             self.proc.wait(30)
 
     def errors(self) -> list[str]:
+        """The log's error lines, each once with its count (llama.cpp's own complaints arrive as ERROR too)."""
         lines = self.log.read_text(errors="replace").splitlines()
-        return [line for line in lines if "Traceback" in line or " ERROR " in line or "Error:" in line][:40]
+        found = Counter(line[:300] for line in lines if re.search(r"\bERROR\b|Traceback|Error:", line))
+        return [f"{count} x {line}" for line, count in found.most_common(40)]
 
 
 def import_default(store: Path) -> None:
@@ -287,8 +292,9 @@ def rows() -> list[Row]:
     leaving = encode({"model": MODEL, "stream": False, "format": {"type": "string", "minLength": 1500},
                       "messages": [{"role": "user", "content": "Count to a million."}],
                       "options": {"temperature": 0, "num_predict": 100_000}})
-    deep_json = (b'{"model":"' + MODEL.encode() + b'","prompt":"hi","options":'
-                 + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    deep_body = b"[" * 100_000 + b"]" * 100_000
+    deep_format = (b'{"model":"' + MODEL.encode() + b'","prompt":"hi","stream":false,"format":'
+                   + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}")
     deep: dict[str, object] = {"type": "string"}
     for _ in range(100):
         deep = {"type": "array", "items": deep}
@@ -338,7 +344,8 @@ def rows() -> list[Row]:
                            leave_after=2.0)]
 
     async def malformed(s: aiohttp.ClientSession, url: str) -> list[Outcome]:
-        out = [await send(s, url, "100,000-deep JSON", "POST", "/api/generate", body=deep_json),
+        out = [await send(s, url, "100,000-deep JSON body", "POST", "/api/generate", body=deep_body),
+               await send(s, url, "100,000-deep JSON in format", "POST", "/api/generate", body=deep_format),
                await send(s, url, "out-of-range context tokens", "POST", "/api/generate", body=context)]
         for label, schema in schemas.items():
             out.append(await send(s, url, label, "POST", "/api/generate", body=encode(
@@ -520,9 +527,8 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await ready(session, server)
         url = server.url
-        base = await quiet(session, url, args.quiet_chats, args.quiet_tags)
-        quiet_stats = healthy_stats(base)
-        print(f"quiet: {json.dumps(quiet_stats)}", file=sys.stderr, flush=True)
+        quiet_before = healthy_stats(await quiet(session, url, args.quiet_chats, args.quiet_tags))
+        print(f"quiet: {json.dumps(quiet_before)}", file=sys.stderr, flush=True)
         rss_start = sampler.samples[-1] if sampler.samples else None
 
         table = rows()
@@ -532,8 +538,9 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
         healthy.append(asyncio.create_task(loop(lambda: healthy_tags(session, url, sink), stop, 0.1)))
         began = time.monotonic()
         cycles = 0
-        cycle_ends: list[dict[str, float] | None] = []
+        per_cycle: list[dict[str, Any]] = []
         while time.monotonic() - began < args.minutes * 60 and server.alive():
+            cycle_start = time.monotonic()
             for row in table:
                 start = time.monotonic()
                 got = await row.run(session, url)
@@ -545,8 +552,8 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
                     break
                 await asyncio.sleep(0.2)
             cycles += 1
-            if sampler.samples:
-                cycle_ends.append(mb(sampler.samples[-1]))
+            per_cycle.append({"end": mb(sampler.samples[-1]) if sampler.samples else None,
+                              "peak": sampler.peak_mb([(cycle_start, time.monotonic())])})
         soaked = time.monotonic() - began
         stop.set()
         await asyncio.gather(*healthy)
@@ -563,6 +570,8 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
                     break
                 await asyncio.sleep(0.5)
         rss_end = sampler.samples[-1] if sampler.samples else None
+        quiet_after = healthy_stats(await quiet(session, url, args.quiet_chats, args.quiet_tags)) if not died else {}
+        quiet_stats = fastest(quiet_before, quiet_after)
         shutdown = await shutdown_under_load(session, server, table) if not died else {}
 
     outcomes = [o for row in table for o in row.outcomes]
@@ -573,14 +582,15 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
     cors = [o for o in outcomes if o.cors_allowed]
     result: dict[str, Any] = {
         "soak_s": round(soaked, 1), "cycles": cycles,
-        "quiet": quiet_stats,
+        "quiet_before": quiet_before, "quiet_after": quiet_after, "quiet": quiet_stats,
         "healthy": {key: with_ratios(value, quiet_stats[key]) for key, value in healthy_stats(sink).items()}
         | {"chats": len(sink.chats), "tags": len(sink.tags), "designed_503": sink.busy,
            "failed": sum(sink.failures.values()), "failures": dict(sink.failures)},
         "rows": {row.name: row_summary(row, sink, quiet_stats, sampler) for row in table},
         "rss_mb": {"peak": sampler.peak_mb(),
-                   "soak_start": mb(rss_start), "cycle_ends": cycle_ends, "soak_end": mb(rss_end),
-                   "server_growth_after_first_cycle_pct": growth_mb(cycle_ends),
+                   "soak_start": mb(rss_start), "per_cycle": per_cycle, "soak_end": mb(rss_end),
+                   "peak_growth_first_to_last_cycle_pct": {
+                       part: growth_mb([c["peak"] for c in per_cycle], part) for part in ("server", "runners")},
                    "server_growth_pct": growth(rss_start, rss_end, 1),
                    "samples": len(sampler.samples)},
         "end_state": settled,
@@ -596,6 +606,12 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
     return result
 
 
+def fastest(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The quiet baseline: each statistic the faster of before and after the soak (the machine's load moves)."""
+    return {key: {stat: min(v for v in (before[key][stat], after.get(key, {}).get(stat)) if v is not None)
+                  for stat in ("p50", "p99", "max")} for key in before}
+
+
 def mb(sample: tuple[float, int, int, int] | None) -> dict[str, float] | None:
     if sample is None:
         return None
@@ -608,11 +624,12 @@ def growth(a: tuple[float, int, int, int] | None, b: tuple[float, int, int, int]
     return round((b[index] - a[index]) / a[index] * 100, 1)
 
 
-def growth_mb(ends: list[dict[str, float] | None]) -> float | None:
-    """The server's RSS from the end of the first cycle (every kind of request seen once) to the last."""
-    if len(ends) < 2 or ends[0] is None or ends[-1] is None:
+def growth_mb(peaks: list[dict[str, float]], part: str) -> float | None:
+    """From the first cycle's peak (every kind of request seen once) to the last's: a leak grows it cycle by
+    cycle, while memory the allocator keeps after a burst (and reuses) does not."""
+    if len(peaks) < 2 or not peaks[0] or not peaks[-1]:
         return None
-    return round((ends[-1]["server"] - ends[0]["server"]) / ends[0]["server"] * 100, 1)
+    return round((peaks[-1][part] - peaks[0][part]) / peaks[0][part] * 100, 1)
 
 
 def row_summary(row: Row, sink: Healthy, quiet_stats: dict[str, Any], sampler: Sampler) -> dict[str, Any]:
