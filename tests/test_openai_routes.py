@@ -90,11 +90,11 @@ def test_tool_calls_come_back_parsed(client: openai.OpenAI) -> None:
         choices = list(pool.map(ask, SEEDS))
     called = [c for c in choices if c.message.tool_calls]
     assert called, [c.message.content for c in choices]
-    for choice in called:
-        (call,) = choice.message.tool_calls
+    for choice in called:  # several calls in one answer are allowed, as Ollama allows them
         assert choice.finish_reason == "tool_calls"
-        assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
-        assert isinstance(json.loads(call.function.arguments)["city"], str)
+        for call in choice.message.tool_calls:
+            assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+            assert isinstance(json.loads(call.function.arguments)["city"], str)
     assert all("<tool_call>" not in (c.message.content or "") for c in choices)
 
 
@@ -110,8 +110,10 @@ def test_streamed_tool_calls_come_whole_with_an_index(client: openai.OpenAI) -> 
         calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
         if calls:
             called += 1
-            assert len(calls) == 1 and calls[0].index == 0 and calls[0].function is not None
-            assert calls[0].function.name == "get_weather" and json.loads(calls[0].function.arguments or "")
+            assert [call.index for call in calls] == list(range(len(calls)))  # several are allowed, as in Ollama
+            for call in calls:
+                assert call.function is not None and call.function.name == "get_weather"
+                assert json.loads(call.function.arguments or "")
             assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert called
 

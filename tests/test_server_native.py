@@ -195,12 +195,6 @@ def test_missing_or_broken_body_is_400(http: httpx.Client) -> None:
     assert broken.status_code == 400 and "invalid JSON" in broken.json()["error"]
 
 
-def test_num_ctx_above_the_server_limit_is_refused(server: LiveServer, http: httpx.Client) -> None:
-    over = server.settings.max_num_ctx + 1
-    response = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "options": {"num_ctx": over}})
-    assert response.status_code == 400 and "num_ctx" in response.json()["error"]
-
-
 def test_prompt_too_long_without_truncation_is_400(http: httpx.Client) -> None:
     long = "word " * 2000
     response = http.post("/api/chat", json={"model": MODEL, "truncate": False, "stream": False,

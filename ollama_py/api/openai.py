@@ -2,7 +2,10 @@
 
 Requests carry many fields SDKs send that change nothing here (`user`,
 `parallel_tool_calls`, ...); unknown fields are ignored rather than refused,
-because SDKs add new ones all the time.
+because SDKs add new ones all the time. Values are taken as Ollama takes them:
+sampling numbers pass on unbounded (llama.cpp's sampler copes with any), `n`
+is ignored, an enum value Ollama ignores is ignored here (the handler logs it
+once), and what Ollama refuses (an unknown `reasoning_effort`) is refused.
 """
 
 from __future__ import annotations
@@ -67,10 +70,13 @@ class ToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # system, developer (a system message), user, assistant, tool, or the legacy function (a tool result
+    # named by `name`); any other role is passed to the template as it is, as Ollama passes it.
+    role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # Deprecated by OpenAI: the one call of a legacy assistant turn.
     tool_call_id: str | None = None
     reasoning: str | None = None  # what Ollama's API calls the thinking of an earlier answer
     reasoning_content: str | None = None  # the same, as llama-server and DeepSeek name it
@@ -88,16 +94,9 @@ class ToolDefinition(msgspec.Struct, kw_only=True):
     function: FunctionDefinition
 
 
-class NamedFunction(msgspec.Struct):
-    name: str
-
-
-class NamedToolChoice(msgspec.Struct, kw_only=True):
-    type: Literal["function"] = "function"
-    function: NamedFunction
-
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+ToolChoice = str | dict[str, Any]
+""""none", "auto", "required", or {"type": "function", "function": {"name": ...}}; other values (Anthropic's
+"any", newer object shapes) are ignored, as Ollama ignores tool_choice altogether."""
 
 
 class JSONSchemaFormat(msgspec.Struct, kw_only=True):
@@ -108,12 +107,13 @@ class JSONSchemaFormat(msgspec.Struct, kw_only=True):
 
 
 class ResponseFormat(msgspec.Struct, kw_only=True):
-    type: Literal["text", "json_object", "json_schema"]
+    type: str  # text, json_object or json_schema; others, and json_schema without one, are free text (as Ollama)
     json_schema: JSONSchemaFormat | None = None
 
-    def __post_init__(self) -> None:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs a json_schema")
+
+class Reasoning(msgspec.Struct, kw_only=True):
+    effort: str | None = None  # as reasoning_effort; wins over it when both are given, as in Ollama
+
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -121,7 +121,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 Stop = str | list[str]
-MaxTokens = Annotated[int, Meta(ge=0)]
+MaxTokens = int  # negative: no limit (Ollama's num_predict); always bounded by the server's own limit
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
@@ -131,19 +131,20 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None  # Deprecated by OpenAI: use max_completion_tokens.
     max_completion_tokens: MaxTokens | None = None
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None  # omitted: 1.0, as OpenAI (and Ollama's /v1)
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None  # omitted: 1.0
-    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    temperature: float | None = None  # omitted: 1.0, as OpenAI (and Ollama's /v1)
+    top_p: float | None = None  # omitted: 1.0
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     stop: Stop | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1  # one choice: local models have no batch of choices to spare
+    n: int | None = None  # ignored, as Ollama ignores it: one choice
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    reasoning_effort: str | None = None  # one of api.options.REASONING_EFFORTS
+    reasoning: Reasoning | None = None
     keep_alive: str | int | float | None = None  # Ollama's, for clients that pass it as an extra
 
 
@@ -235,16 +236,16 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     suffix: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: MaxTokens | None = 16  # OpenAI's default for this legacy route
-    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    max_tokens: MaxTokens | None = None  # omitted: no limit but the server's, as Ollama (OpenAI stops at 16)
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     stop: Stop | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    n: int | None = None  # ignored, as Ollama ignores it
     echo: bool = False
-    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None  # how many alternatives per token
+    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None  # how many alternatives per token, as top_logprobs
     keep_alive: str | int | float | None = None
 
     def __post_init__(self) -> None:

@@ -107,7 +107,7 @@ class TextConfig(msgspec.Struct, kw_only=True):
 
 
 class Reasoning(msgspec.Struct, kw_only=True):
-    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    effort: str | None = None  # one of api.options.REASONING_EFFORTS ("ultra" too, as Ollama)
     summary: str | None = None  # accepted; the whole reasoning is always given back
 
 

@@ -49,6 +49,9 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     tool_choice: str = "auto"  # OpenAI's "auto" | "required" | "none"; Ollama always sends "auto"
     format: str | dict[str, Any] | None = None  # "json" or a JSON schema
     think: bool | None = None  # None: the template's default
+    # The level a request asked for ("low", "medium", "high", "max"), or "": the template's `.ThinkLevel`
+    # (Ollama's api.ThinkValue.String(): "medium" for a plain true) and a Jinja template's `reasoning_effort`.
+    think_level: str = ""
     sampling: Sampling = Sampling()
     truncate: bool = True
     shift: bool = True  # go on past the context's end by dropping its oldest tokens (Ollama's `shift`)
@@ -123,6 +126,14 @@ def grammar_for_format(fmt: str | dict[str, Any] | None,
                              f"server allows ({max_bytes}, {work_limits.GRAMMAR_SETTING})")
         return Grammar(gbnf=gbnf)
     raise ValueError(f"invalid format {fmt!r}: expected \"json\" or a JSON schema object")
+
+
+def _reasoning_effort(level: str) -> dict[str, Any]:
+    """The level as Jinja templates read it (gpt-oss's `reasoning_effort`), which know low, medium and high:
+    "max" is "high" there, as Ollama maps it for harmony."""
+    if not level:
+        return {}
+    return {"reasoning_effort": "high" if level == "max" else level}
 
 
 def _droppable_turns(messages: list[dict[str, Any]]) -> list[list[int]]:
@@ -236,13 +247,16 @@ class ChatFormatter:
 
         def render(messages: list[dict[str, Any]]) -> RenderedPrompt:
             try:
-                text = template.render(messages, chat.tools, think=think, limits=limits)
+                text = template.render(messages, chat.tools, think=think, think_level=chat.think_level,
+                                       limits=limits)
             except LimitExceeded as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: "
                                  f"{work_limits.describe(exc)}") from None
             except TemplateError as exc:
                 raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
-            return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags if think else None,
+            # Read with the tags even when thinking is off: a model that reasons anyway keeps its reasoning
+            # out of the answer (the server then drops it).
+            return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags,
                                   tool_tag=template.tool_tag, tool_names=tuple(n for n in names if n))
 
         rendered, prompt = self._fit(chat, num_ctx, render)
@@ -333,7 +347,8 @@ class ChatFormatter:
         if template is None or not template.supports_insert:
             raise ValueError(f"{chat.model or 'the model'} does not support insert")
         try:
-            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think, limits=limits)
+            text = template.render((), prompt=prompt, suffix=suffix, think=chat.think,
+                                   think_level=chat.think_level, limits=limits)
         except LimitExceeded as exc:
             raise ValueError(f"cannot render the prompt with the model's template: "
                              f"{work_limits.describe(exc)}") from None
@@ -349,10 +364,13 @@ class ChatFormatter:
 
     def _apply(self, chat: ChatRequest, messages: list[dict[str, Any]]) -> ChatApplied:
         try:
+            # Reasoning is always split off, even with thinking off (the server drops it then), so a model
+            # that reasons anyway does not leak it into its answer. Several calls in one answer are allowed,
+            # as Ollama allows them, where the template can say so.
             return self.templates.apply(
                 messages, tools=list(chat.tools) or None, tool_choice=chat.tool_choice if chat.tools else "auto",
-                enable_thinking=chat.think is not False,
-                reasoning_format="none" if chat.think is False else "deepseek")
+                enable_thinking=chat.think is not False, reasoning_format="deepseek", parallel_tool_calls=True,
+                chat_template_kwargs=_reasoning_effort(chat.think_level))
         except ShimError as exc:
             raise ValueError(f"cannot render the conversation with the model's template: {exc}") from None
 

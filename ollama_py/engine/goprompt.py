@@ -394,12 +394,14 @@ class PromptTemplate:
         return self.thinking_tags is not None
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = (), *,
-               think: bool | None = None, prompt: str = "", suffix: str = "", limits: Limits = _UNBOUNDED) -> str:
+               think: bool | None = None, think_level: str = "", prompt: str = "", suffix: str = "",
+               limits: Limits = _UNBOUNDED) -> str:
         """The prompt, as Ollama's template.Execute writes it, each execution within `limits`.
 
+        `.ThinkLevel` is the level asked for, or "medium" for a plain `think: true` (api.ThinkValue.String()).
         Raises TemplateError (a ValueError), LimitExceeded when an execution stops at a limit.
         """
-        common = {"Response": "", "Think": bool(think), "ThinkLevel": "medium" if think else "",
+        common = {"Response": "", "Think": bool(think), "ThinkLevel": (think_level or "medium") if think else "",
                   "IsThinkSet": think is not None}
         if prompt and suffix:
             return self.template.execute({"Prompt": prompt, "Suffix": suffix, **common}, limits)

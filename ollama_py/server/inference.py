@@ -15,6 +15,7 @@ other routes use.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -111,9 +112,12 @@ def message_dict(message: native.Message) -> dict[str, Any]:
     return out
 
 
-def with_modelfile(model: ResolvedModel, messages: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
-    """The conversation with the Modelfile's MESSAGEs before it, and its SYSTEM first unless it has one."""
-    turns = [{"role": m.role, "content": m.content} for m in model.messages] + messages
+def with_modelfile(model: ResolvedModel, messages: list[dict[str, Any]], *,
+                   examples: bool = True) -> tuple[dict[str, Any], ...]:
+    """The conversation with the Modelfile's MESSAGEs before it (unless `examples` is false), and its SYSTEM
+    first unless it has one."""
+    turns = [{"role": m.role, "content": m.content} for m in model.messages] if examples else []
+    turns += messages
     if model.system and not (messages and messages[0]["role"] == "system"):
         turns.insert(0, {"role": "system", "content": model.system})
     return tuple(turns)
@@ -125,8 +129,16 @@ async def answer(request: web.Request, held: Held, job: ChatJob) -> AsyncGenerat
     Fills the request's record for the access log and the metrics as it goes.
     """
     rec = record(request)
+    hide_thinking = job.chat.think is False
     async with aclosing(held.runner.chat(job)) as events:  # type: ignore[type-var]
         async for event in events:
+            if hide_thinking:  # asked not to think, a model that reasons anyway keeps its reasoning to itself
+                if isinstance(event, ChatDelta):
+                    if not event.content and event.logprob is None:
+                        continue
+                    event = dataclasses.replace(event, thinking="")
+                else:
+                    event = dataclasses.replace(event, thinking="")
             if isinstance(event, ChatDelta) and (event.content or event.thinking):
                 rec.token_seen()
             elif isinstance(event, ChatDone):
@@ -191,7 +203,11 @@ class Prompt:
 
 def prompt_job(held: Held, chat_request: ChatRequest, prompt: Prompt, *, context: tuple[int, ...] = (),
                return_context: bool = False) -> ChatJob:
-    """The prompt as one user turn after the Modelfile's SYSTEM and MESSAGEs, or raw, or around a suffix."""
+    """The prompt as one user turn after the Modelfile's SYSTEM and MESSAGEs, or raw, or around a suffix.
+
+    With a `context` the MESSAGEs are left out, as Ollama leaves them: the earlier exchange already began
+    the conversation.
+    """
     chat_request = _for_model(held, chat_request)
     if prompt.raw or prompt.suffix:
         return ChatJob(chat=chat_request, completion=Completion(prompt=prompt.text, raw=prompt.raw,
@@ -199,7 +215,8 @@ def prompt_job(held: Held, chat_request: ChatRequest, prompt: Prompt, *, context
                        context=context, return_context=return_context)
     turns: list[dict[str, Any]] = [{"role": "system", "content": prompt.system}] if prompt.system else []
     turns.append({"role": "user", "content": prompt.text, **({"images": list(prompt.images)} if prompt.images else {})})
-    return ChatJob(chat=msgspec.structs.replace(chat_request, messages=with_modelfile(held.model, turns)),
+    return ChatJob(chat=msgspec.structs.replace(chat_request, messages=with_modelfile(held.model, turns,
+                                                                                     examples=not context)),
                    context=context, return_context=return_context)
 
 

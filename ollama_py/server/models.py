@@ -2,7 +2,9 @@
 
 Options are laid over each other as Ollama does: engine defaults, then the
 Modelfile's PARAMETERs, then the request's `options`. The bounds an operator
-sets (OLLAMA_PY_MAX_NUM_CTX, OLLAMA_PY_MAX_NUM_PREDICT) apply last.
+sets (OLLAMA_PY_MAX_NUM_CTX, OLLAMA_PY_MAX_NUM_PREDICT) apply last, as caps:
+a request asking for more gets the most the server gives, as Ollama caps a
+context beyond the model's.
 """
 
 from __future__ import annotations
@@ -165,6 +167,16 @@ def capabilities(model: ResolvedModel) -> list[str]:
     return caps
 
 
+def shown_template(model: ResolvedModel) -> str:
+    """The template /api/show reports: the TEMPLATE, else the GGUF's own Jinja chat template.
+
+    Clients (LiteLLM, Continue) read it to tell whether a model does tools or fill-in-the-middle, so a model
+    whose template our import did not recognise still shows the one that renders its prompts.
+    Blocking (reads the GGUF's header once per file): run it in a thread.
+    """
+    return model.template or _facts(model)[1]
+
+
 def context_length(model: ResolvedModel) -> int:
     """The context the model was trained for (its GGUF's `<arch>.context_length`); 0 when it does not say."""
     return _facts(model)[2]
@@ -203,7 +215,9 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
     opts = request.over(model.parameters) if request is not None else model.parameters
     num_ctx = opts.num_ctx or settings.context_length
     if num_ctx > settings.max_num_ctx:
-        raise BadRequest(f"options.num_ctx: {num_ctx} is more than this server allows ({settings.max_num_ctx})")
+        # Capped, not refused, as Ollama caps a num_ctx beyond what the model was trained for.
+        log.info("num_ctx %d lowered to this server's limit %d", num_ctx, settings.max_num_ctx)
+        num_ctx = settings.max_num_ctx
     # A batch longer than the context is never used, and its buffers would be allocated all the same; more
     # threads than cores only slow each other down.
     runner = RunnerOptions(num_ctx=num_ctx, num_parallel=settings.num_parallel,
@@ -218,6 +232,10 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
     fields = {f: v for f in Sampling.__struct_fields__ if (v := getattr(opts, f, None)) is not None}
     if "stop" in fields:
         fields["stop"] = tuple(fields["stop"])
+    # The penalty's window is a ring buffer llama.cpp allocates in full: never longer than the context
+    # (-1 is the whole context, as llama-server takes it).
+    if "repeat_last_n" in fields:
+        fields["repeat_last_n"] = num_ctx if fields["repeat_last_n"] < 0 else min(fields["repeat_last_n"], num_ctx)
     sampling = msgspec.structs.replace(sampling, **fields)
     # -1 (until a stop) and -2 (until the context is full) both end at the context's end here.
     limit = settings.max_num_predict

@@ -102,7 +102,7 @@ def _show(store: Store, model: ResolvedModel, verbose: bool) -> native.ShowRespo
         license="\n".join(modelfile.licenses),
         modelfile=render(modelfile, generated_for=model.name.display()),
         parameters=_parameters_text(model.parameters),
-        template=model.template or "",
+        template=models.shown_template(model),
         system=model.system or "",
         details=model.details(),
         messages=[native.ResponseMessage(role=m.role, content=m.content) for m in model.messages] or None,

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from ollama_py.api import codec, native
-from ollama_py.api.options import Options, Think
+from ollama_py.api.options import Options, think_setting
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatRequest
 from ollama_py.engine.types import Logprob
 from ollama_py.llama.shim import ToolCall
@@ -29,11 +29,6 @@ from ollama_py.server.services import record, services
 def now() -> str:
     """RFC 3339 in UTC, as Go formats time.Time."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def think_flag(think: Think | None) -> bool | None:
-    """Any level means on: the models we render take thinking as a switch."""
-    return None if think is None else think is not False
 
 
 def native_logprob(lp: Logprob) -> native.Logprob:
@@ -109,8 +104,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 async def _generate_chunks(request: web.Request, req: native.GenerateRequest, model: ResolvedModel,
                            keep_alive: float | None) -> AsyncGenerator[native.GenerateResponse, None]:
-    chat = ChatRequest(id=inference.request_id("gen"), messages=(), format=req.format, think=think_flag(req.think),
-                       truncate=req.truncate, shift=req.shift, logprobs=req.logprobs,
+    think, think_level = think_setting(req.think)
+    chat = ChatRequest(id=inference.request_id("gen"), messages=(), format=req.format, think=think,
+                       think_level=think_level, truncate=req.truncate, shift=req.shift, logprobs=req.logprobs,
                        top_logprobs=req.top_logprobs, template=req.template)
     prompt = inference.Prompt(text=req.prompt, system=req.system, images=tuple(req.images or ()), raw=req.raw,
                               suffix=req.suffix)
@@ -154,9 +150,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _chat_chunks(request: web.Request, req: native.ChatRequest, model: ResolvedModel,
                        keep_alive: float | None) -> AsyncGenerator[native.ChatResponse, None]:
     messages = [inference.message_dict(m) for m in req.messages or ()]
+    think, think_level = think_setting(req.think)
     conversation = ChatRequest(id=inference.request_id("chat"), messages=inference.with_modelfile(model, messages),
                                tools=tuple(msgspec.to_builtins(t) for t in req.tools or ()), format=req.format,
-                               think=think_flag(req.think), truncate=req.truncate, shift=req.shift,
+                               think=think, think_level=think_level, truncate=req.truncate, shift=req.shift,
                                logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     async for event in inference.converse(request, model, req.options, keep_alive, conversation):
         if isinstance(event, ChatDelta):

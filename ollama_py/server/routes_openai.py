@@ -2,7 +2,8 @@
 
 Requests are translated into the engine's conversation and Ollama's options,
 as Ollama's compatibility layer does (omitted temperature and top_p are 1.0,
-OpenAI's defaults, and override the Modelfile's). Streams are server-sent
+OpenAI's defaults, and override the Modelfile's; a reasoning effort becomes a
+`think` level; values Ollama ignores are ignored and logged once each). Streams are server-sent
 events ending in `data: [DONE]`; errors have OpenAI's shape and a busy server
 answers 429 so SDKs back off and retry (see errors.py).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from ollama_py.api import codec, openai
-from ollama_py.api.options import Format, Options
+from ollama_py.api.options import Format, Options, Think, think_from_effort, think_setting
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.types import DoneReason, Logprob
 from ollama_py.llama.shim import ToolCall
@@ -29,6 +31,20 @@ from ollama_py.server.errors import ApiError
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import services
 from ollama_py.store.manifests import LocalModel
+
+
+log = logging.getLogger(__name__)
+
+_IGNORED_LOGGED = 256  # distinct ignored values worth a line each; a client inventing values gets no more
+_ignored: set[tuple[str, str]] = set()
+
+
+def _ignore(field: str, value: object) -> None:
+    """Logs, once per value, a field value Ollama ignores and so do we."""
+    key = (field, repr(value)[:100])
+    if key not in _ignored and len(_ignored) < _IGNORED_LOGGED:
+        _ignored.add(key)
+        log.info("ignoring %s %s, as Ollama does", field, key[1])
 
 
 class _Header(TypedDict):
@@ -40,6 +56,8 @@ class _Header(TypedDict):
 
 
 def _options(req: openai.ChatCompletionRequest | openai.CompletionRequest, max_tokens: int | None) -> Options:
+    if req.n is not None and req.n != 1:
+        _ignore("n", req.n)
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
     return Options(temperature=1.0 if req.temperature is None else req.temperature,
                    top_p=1.0 if req.top_p is None else req.top_p, frequency_penalty=req.frequency_penalty,
@@ -76,9 +94,13 @@ def _image(part: openai.ImagePart) -> str:
                                 field="image_url")
 
 
+_ROLES = {"developer": "system", "function": "tool"}  # OpenAI's newer and older names for what templates know
+
+
 def _message(m: openai.ChatMessage) -> dict[str, Any]:
     """An OpenAI message as the chat templates take it (they are written against OpenAI's shape)."""
-    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+    role = _ROLES.get(m.role, m.role)
+    out: dict[str, Any] = {"role": role}
     if isinstance(m.content, list):
         out["content"] = "\n".join(p.text for p in m.content if isinstance(p, openai.TextPart))
         media = [_image(p) if isinstance(p, openai.ImagePart) else p.input_audio.data
@@ -87,13 +109,13 @@ def _message(m: openai.ChatMessage) -> dict[str, Any]:
             out["images"] = media
     else:
         out["content"] = m.content or ""
-    if m.tool_calls:
-        out["tool_calls"] = [{"type": "function", **({"id": c.id} if c.id else {}),
-                              "function": {"name": c.function.name, "arguments": c.function.arguments or "{}"}}
-                             for c in m.tool_calls]
+    calls = [(c.id, c.function) for c in m.tool_calls or ()] or ([("", m.function_call)] if m.function_call else [])
+    if calls:
+        out["tool_calls"] = [{"type": "function", **({"id": id_} if id_ else {}),
+                              "function": {"name": f.name, "arguments": f.arguments or "{}"}} for id_, f in calls]
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
-    if m.name and m.role == "tool":
+    if m.name and role == "tool":
         out["name"] = m.name
     if m.reasoning_content or m.reasoning:
         out["reasoning_content"] = m.reasoning_content or m.reasoning
@@ -101,30 +123,52 @@ def _message(m: openai.ChatMessage) -> dict[str, Any]:
 
 
 def _format(response_format: openai.ResponseFormat | None) -> Format | None:
-    if response_format is None or response_format.type == "text":
+    """Ollama's `format` for a response_format; as Ollama, the type's case and spaces do not matter, and any
+    other type (or json_schema without a schema) is free text."""
+    if response_format is None:
         return None
-    if response_format.type == "json_object":
+    kind = response_format.type.strip().lower()
+    if kind == "json_object":
         return "json"
-    assert response_format.json_schema is not None  # checked when decoded
-    return response_format.json_schema.schema
+    if kind == "json_schema" and response_format.json_schema is not None:
+        return response_format.json_schema.schema
+    if kind not in ("text", "json_schema"):
+        _ignore("response_format.type", response_format.type)
+    return None
 
 
 def _tools(req: openai.ChatCompletionRequest) -> tuple[tuple[dict[str, Any], ...], str]:
     """The tools offered and OpenAI's tool_choice as the engine takes it ("auto", "required")."""
     tools = tuple(msgspec.to_builtins(t) for t in req.tools or ())
     choice = req.tool_choice
-    if isinstance(choice, openai.NamedToolChoice):
-        return tool_choice.choose(tools, "required", choice.function.name)
-    return tool_choice.choose(tools, choice or "auto")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            return tool_choice.choose(tools, "required", name)
+    elif choice in (None, "auto", "none", "required"):
+        return tool_choice.choose(tools, choice or "auto")  # type: ignore[arg-type]
+    _ignore("tool_choice", choice)  # Ollama ignores tool_choice altogether: all tools stay offered
+    return tool_choice.choose(tools, "auto")
+
+
+def _think(req: openai.ChatCompletionRequest) -> Think | None:
+    """The request's reasoning effort as Ollama's `think`; `reasoning.effort` wins over `reasoning_effort`."""
+    field, effort = ("reasoning.effort", req.reasoning.effort) if req.reasoning is not None else (
+        "reasoning_effort", req.reasoning_effort)
+    try:
+        return think_from_effort(effort)
+    except ValueError as exc:
+        raise codec.BadRequest(f"{field}: {exc}") from None
 
 
 def _conversation(req: openai.ChatCompletionRequest, model: ResolvedModel) -> ChatRequest:
     tools, choice = _tools(req)
-    think = None if req.reasoning_effort is None else req.reasoning_effort != "none"
+    think, think_level = think_setting(_think(req))
     return ChatRequest(id=inference.request_id("chatcmpl"),
                        messages=inference.with_modelfile(model, [_message(m) for m in req.messages]),
                        tools=tools, tool_choice=choice, format=_format(req.response_format), think=think,
-                       logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+                       think_level=think_level, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from ollama_py.api import codec, responses
-from ollama_py.api.options import Format, Options
+from ollama_py.api.options import Format, Options, think_from_effort, think_setting
 from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.types import DoneReason
 from ollama_py.server import images, inference, models, streaming, tool_choice
@@ -127,10 +127,12 @@ def _format(text: responses.TextConfig | None) -> Format | None:
     return "json" if text.format.type == "json_object" else text.format.schema
 
 
-def _think(reasoning: responses.Reasoning | None) -> bool | None:
-    if reasoning is None or reasoning.effort is None:
-        return None
-    return reasoning.effort != "none"
+def _think(reasoning: responses.Reasoning | None) -> tuple[bool | None, str]:
+    """`reasoning.effort` as the engine's switch and level, mapped as Ollama maps it."""
+    try:
+        return think_setting(think_from_effort(reasoning.effort if reasoning is not None else None))
+    except ValueError as exc:
+        raise codec.BadRequest(f"reasoning.effort: {exc}") from None
 
 
 def _answer_turn(done: ChatDone, content: str, thinking: str) -> dict[str, Any]:
@@ -297,8 +299,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     response_id = _id("resp")
     system = [{"role": "system", "content": req.instructions}] if req.instructions else []
     tools, choice = _tools(req)
+    think, think_level = _think(req.reasoning)
     conversation = ChatRequest(id=response_id, messages=inference.with_modelfile(model, system + turns), tools=tools,
-                               tool_choice=choice, format=_format(req.text), think=_think(req.reasoning))
+                               tool_choice=choice, format=_format(req.text), think=think, think_level=think_level)
     temperature = 1.0 if req.temperature is None else req.temperature
     options = Options(temperature=temperature, top_p=req.top_p, num_predict=req.max_output_tokens)
     events = inference.converse(request, model, options, models.keep_alive(req.keep_alive), conversation)
