@@ -205,6 +205,7 @@ class Runner:
         n_ctx = min(options.num_ctx, model.n_ctx_train) if model.n_ctx_train > 0 else options.num_ctx
         micro = max(options.num_batch, options.num_parallel)
         self._capacity = max(micro, min(_STEP_TOKENS, n_ctx * options.num_parallel))
+        self._micro = micro
         kv_type = options.kv_cache_type
         if kv_type != "f16" and options.flash_attention == "off":
             # As Ollama: a quantized cache needs flash attention, so without it the cache stays f16.
@@ -471,9 +472,12 @@ class Runner:
                 slot.cache.append(job.next_token)
                 job.next_token = None
                 in_batch.append(slot)
+        # While streams are generating, prompts fill only one micro-batch per step: a long prompt arriving
+        # then costs each running stream one micro-batch of delay per token, not a whole step's worth.
+        limit = self._micro if in_batch else self._capacity
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.pending),
                            key=lambda s: s.job.submit.submitted_ns if s.job else 0):
-            room = self._capacity - len(batch)
+            room = limit - len(batch)
             if room <= 0:
                 break
             job = slot.job
