@@ -214,129 +214,100 @@ class Deleted(msgspec.Struct, kw_only=True):
 # ---- stream events (the tag is also the SSE event name) -----------------------------
 
 
-class ResponseCreated(msgspec.Struct, tag="response.created", tag_field="type", kw_only=True):
+class _Event(msgspec.Struct, tag_field="type", kw_only=True):
     sequence_number: int
+
+
+class _Lifecycle(_Event, kw_only=True):
     response: Response
 
 
-class ResponseInProgress(msgspec.Struct, tag="response.in_progress", tag_field="type", kw_only=True):
-    sequence_number: int
-    response: Response
-
-
-class ResponseCompleted(msgspec.Struct, tag="response.completed", tag_field="type", kw_only=True):
-    sequence_number: int
-    response: Response
-
-
-class ResponseIncomplete(msgspec.Struct, tag="response.incomplete", tag_field="type", kw_only=True):
-    sequence_number: int
-    response: Response
-
-
-class OutputItemAdded(msgspec.Struct, tag="response.output_item.added", tag_field="type", kw_only=True):
-    sequence_number: int
+class _OutputEvent(_Event, kw_only=True):
     output_index: int
+
+
+class _ItemEvent(_OutputEvent, kw_only=True):
+    item_id: str
+
+
+class _ContentEvent(_ItemEvent, kw_only=True):
+    content_index: int
+
+
+class _SummaryEvent(_ItemEvent, kw_only=True):
+    summary_index: int
+
+
+class ResponseCreated(_Lifecycle, tag="response.created", kw_only=True):
+    pass
+
+
+class ResponseInProgress(_Lifecycle, tag="response.in_progress", kw_only=True):
+    pass
+
+
+class ResponseCompleted(_Lifecycle, tag="response.completed", kw_only=True):
+    pass
+
+
+class ResponseIncomplete(_Lifecycle, tag="response.incomplete", kw_only=True):
+    pass
+
+
+class OutputItemAdded(_OutputEvent, tag="response.output_item.added", kw_only=True):
     item: OutputItem
 
 
-class OutputItemDone(msgspec.Struct, tag="response.output_item.done", tag_field="type", kw_only=True):
-    sequence_number: int
-    output_index: int
+class OutputItemDone(_OutputEvent, tag="response.output_item.done", kw_only=True):
     item: OutputItem
 
 
-class ContentPartAdded(msgspec.Struct, tag="response.content_part.added", tag_field="type", kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class ContentPartAdded(_ContentEvent, tag="response.content_part.added", kw_only=True):
     part: OutputText
 
 
-class ContentPartDone(msgspec.Struct, tag="response.content_part.done", tag_field="type", kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class ContentPartDone(_ContentEvent, tag="response.content_part.done", kw_only=True):
     part: OutputText
 
 
-class OutputTextDelta(msgspec.Struct, tag="response.output_text.delta", tag_field="type", kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDelta(_ContentEvent, tag="response.output_text.delta", kw_only=True):
     delta: str
     logprobs: list[Any] = msgspec.field(default_factory=list)
 
 
-class OutputTextDone(msgspec.Struct, tag="response.output_text.done", tag_field="type", kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    content_index: int
+class OutputTextDone(_ContentEvent, tag="response.output_text.done", kw_only=True):
     text: str
     logprobs: list[Any] = msgspec.field(default_factory=list)
 
 
-class FunctionCallArgumentsDelta(msgspec.Struct, tag="response.function_call_arguments.delta", tag_field="type",
-                                 kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
+class FunctionCallArgumentsDelta(_ItemEvent, tag="response.function_call_arguments.delta", kw_only=True):
     delta: str
 
 
-class FunctionCallArgumentsDone(msgspec.Struct, tag="response.function_call_arguments.done", tag_field="type",
-                                kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
+class FunctionCallArgumentsDone(_ItemEvent, tag="response.function_call_arguments.done", kw_only=True):
     name: str
     arguments: str
 
 
-class ReasoningSummaryPartAdded(msgspec.Struct, tag="response.reasoning_summary_part.added", tag_field="type",
-                                kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    summary_index: int
+class ReasoningSummaryPartAdded(_SummaryEvent, tag="response.reasoning_summary_part.added", kw_only=True):
     part: SummaryText
 
 
-class ReasoningSummaryTextDelta(msgspec.Struct, tag="response.reasoning_summary_text.delta", tag_field="type",
-                                kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    summary_index: int
+class ReasoningSummaryTextDelta(_SummaryEvent, tag="response.reasoning_summary_text.delta", kw_only=True):
     delta: str
 
 
-class ReasoningSummaryTextDone(msgspec.Struct, tag="response.reasoning_summary_text.done", tag_field="type",
-                               kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    summary_index: int
+class ReasoningSummaryTextDone(_SummaryEvent, tag="response.reasoning_summary_text.done", kw_only=True):
     text: str
 
 
-class ReasoningSummaryPartDone(msgspec.Struct, tag="response.reasoning_summary_part.done", tag_field="type",
-                               kw_only=True):
-    sequence_number: int
-    item_id: str
-    output_index: int
-    summary_index: int
+class ReasoningSummaryPartDone(_SummaryEvent, tag="response.reasoning_summary_part.done", kw_only=True):
     part: SummaryText
 
 
-class StreamError(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+class StreamError(_Event, tag="error", kw_only=True):
     """A failure after the stream began (the status was already sent)."""
 
-    sequence_number: int
     code: str
     message: str
     param: str | None = None
