@@ -42,8 +42,8 @@ NATIVE_DIR = ROOT / "ollama_py" / "native"
 LIB_DIR = ROOT / "ollama_py" / "_lib"
 # Bump when the way artifacts are produced changes, to invalidate old caches.
 RECIPE = 3
-# llama.cpp targets we ship; the backends they link come along.
-TARGETS = ("llama", "llama-common", "ggml-rpc-server")
+# llama.cpp targets we ship; the backends they link come along. mtmd is the multimodal library (images).
+TARGETS = ("llama", "llama-common", "mtmd", "ggml-rpc-server")
 # Parts of the subtree that the build never reads (docs, vocab test files).
 SKIPPED_PARTS = frozenset({"docs", "media", "models", "benches", "gguf-py", "examples", "pocs"})
 # Our own tracked files in vendor/llama.cpp/, which the subtree must not overwrite.
@@ -267,13 +267,23 @@ def run_logged(cmd: list[str], logfile: Path, step: str) -> None:
         raise BuildError(f"{step} failed (exit {proc.returncode}); end of {logfile}:\n{tail}")
 
 
+def _has_targets(dist: Path) -> bool:
+    """Whether a finished build holds every target we ship: a target added since is built into the same
+    cmake tree (only it compiles), not the whole of llama.cpp again."""
+    try:
+        built = json.loads((dist / "build.json").read_text()).get("targets", ())
+    except (OSError, ValueError):
+        return False
+    return set(TARGETS) <= set(built)
+
+
 def build_llama(pin: dict[str, str]) -> Path:
     """Returns a folder with lib/, bin/ and include/ of the pinned llama.cpp build."""
     args = cmake_args()
     key = cache_key(pin, args)
     work = cache_root() / key
     dist = work / "dist"
-    if (dist / "COMPLETE").exists():
+    if (dist / "COMPLETE").exists() and _has_targets(dist):
         log(f"reusing cached llama.cpp build {key} ({work})")
         return dist
     cmake = find_tool(("cmake",), "cmake")
@@ -306,7 +316,8 @@ def build_llama(pin: dict[str, str]) -> Path:
         shutil.copytree(SOURCE_DIR / sub, dist / "include", dirs_exist_ok=True)
     shutil.copytree(SOURCE_DIR / "common", dist / "include" / "common",
                     ignore=shutil.ignore_patterns("*.cpp", "*.txt", "*.in", "*.cmake"), dirs_exist_ok=True)
-    (dist / "build.json").write_text(json.dumps({"key": key, "args": args, "pin": pin}, indent=2))
+    (dist / "build.json").write_text(json.dumps({"key": key, "args": args, "pin": pin, "targets": TARGETS},
+                                                indent=2))
     (dist / "COMPLETE").write_text(key)
     return dist
 
