@@ -185,3 +185,70 @@ def minilm_folder(cache: Path) -> Path:
         inner.extractall(partial)
     os.replace(partial, folder)
     return folder
+
+
+# The tiny projector's geometry: a 64x64 image in 8x8 patches is 64 image tokens.
+PROJECTOR_IMAGE_SIZE = 64
+PROJECTOR_PATCH_SIZE = 8
+PROJECTOR_IMAGE_TOKENS = (PROJECTOR_IMAGE_SIZE // PROJECTOR_PATCH_SIZE) ** 2
+
+
+def random_projector(out: Path, *, n_embd_text: int = 576, n_embd: int = 64, n_head: int = 4, n_layer: int = 2,
+                     std: float = 0.02) -> None:
+    """A CLIP vision tower with a LLaVA MLP projector (mtmd's "mlp" type), small random weights (seeded).
+
+    Its output rows are `n_embd_text` wide, SmolLM2-135M's embedding width, so mtmd accepts it for the default
+    model; what it says about an image means nothing. numpy shapes are ggml's reversed.
+    """
+    rng = np.random.default_rng(160)
+    n_ff = 2 * n_embd  # not n_embd: mtmd swaps up and down of old llava files whose down rows are n_embd wide
+    n_pos = PROJECTOR_IMAGE_TOKENS
+    p = PROJECTOR_PATCH_SIZE
+
+    def weight(*shape: int) -> np.ndarray:
+        return rng.normal(0, std, shape).astype(np.float32)
+
+    writer = gguf.GGUFWriter(out, "clip")
+    writer.add_string("general.name", "ollama-py test projector")
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", PROJECTOR_IMAGE_SIZE)
+    writer.add_uint32("clip.vision.patch_size", p)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", n_layer)
+    writer.add_uint32("clip.vision.projection_dim", n_embd_text)
+    writer.add_uint32("clip.vision.attention.head_count", n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    writer.add_tensor("v.patch_embd.weight", weight(n_embd, 3, p, p).astype(np.float16))
+    writer.add_tensor("v.patch_embd.bias", weight(n_embd))
+    writer.add_tensor("v.position_embd.weight", weight(n_pos, n_embd))
+    writer.add_tensor("v.pre_ln.weight", np.ones(n_embd, np.float32))
+    writer.add_tensor("v.pre_ln.bias", np.zeros(n_embd, np.float32))
+    for i in range(n_layer):
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"v.blk.{i}.{norm}.weight", np.ones(n_embd, np.float32))
+            writer.add_tensor(f"v.blk.{i}.{norm}.bias", np.zeros(n_embd, np.float32))
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"v.blk.{i}.{proj}.weight", weight(n_embd, n_embd).astype(np.float16))
+            writer.add_tensor(f"v.blk.{i}.{proj}.bias", weight(n_embd))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weight(n_ff, n_embd).astype(np.float16))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weight(n_ff))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weight(n_embd, n_ff).astype(np.float16))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weight(n_embd))
+    writer.add_tensor("mm.0.weight", weight(n_embd_text, n_embd).astype(np.float16))
+    writer.add_tensor("mm.0.bias", weight(n_embd_text))
+    writer.add_tensor("mm.2.weight", weight(n_embd_text, n_embd_text).astype(np.float16))
+    writer.add_tensor("mm.2.bias", weight(n_embd_text))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def projector(cache: Path) -> Path:
+    """The tiny random projector for the default model (mmproj GGUF, about 1 MB)."""
+    return _cached(cache, "smollm2-135m-mmproj-random.gguf", random_projector)
