@@ -143,6 +143,7 @@ class Settings:
     max_schema_depth: int = 32
     max_grammar_bytes: int = 256 << 10
     max_embed_inputs: int = 2048
+    max_image_pixels: int = 50_000_000
     responses_max: int = 1000
     responses_max_bytes: int = 64 << 20
     responses_max_age: float = 3600.0
@@ -230,6 +231,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_grammar_bytes": ("OLLAMA_PY_MAX_GRAMMAR_BYTES", _int,
                           "largest grammar a `format` schema may turn into, in bytes of GBNF"),
     "max_embed_inputs": ("OLLAMA_PY_MAX_EMBED_INPUTS", _int, "most inputs one embedding request may carry"),
+    "max_image_pixels": ("OLLAMA_PY_MAX_IMAGE_PIXELS", _int,
+                         "largest image a request may send, in pixels (width times height, read from its header)"),
     "responses_max": ("OLLAMA_PY_RESPONSES_MAX", _int,
                       "most /v1/responses answers kept in memory for previous_response_id and GET /v1/responses/{id} "
                       "(0: none kept)"),

@@ -84,7 +84,6 @@ def test_deprecated_parameters_are_dropped() -> None:
     ("FROM x\nPARAMETER temperature\n", 2, "needs a value"),
     ("FROM x\nMESSAGE robot hi\n", 2, "message role"),
     ("FROM x\nMESSAGE user\n", 2, "needs a value"),
-    ("FROM a\nFROM b\n", 2, "second FROM"),
     ("FROM\n", 1, "FROM needs a value"),
     ("FROM x\nSYSTEM \"a\" trailing\n", 2, "unexpected text"),
     ("FROM x\nDRAFT ./d.gguf\n", 2, "does not support"),
@@ -104,3 +103,9 @@ def test_missing_from_and_bad_bytes() -> None:
         modelfile.parse("SYSTEM hi\n")
     with pytest.raises(ModelfileError, match="not UTF-8"):
         modelfile.parse(b"FROM x\nSYSTEM \xff\xfe\n")
+
+
+def test_a_second_from_is_a_projector_and_renders_back() -> None:
+    parsed = modelfile.parse("FROM ./model.gguf\nFROM ./mmproj.gguf\n")
+    assert (parsed.from_, parsed.projectors) == ("./model.gguf", ["./mmproj.gguf"])
+    assert modelfile.parse(modelfile.render(parsed)).projectors == ["./mmproj.gguf"]

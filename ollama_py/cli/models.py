@@ -83,7 +83,13 @@ def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
                    view: ProgressView, *, quantize: str = "") -> CreateRequest:
     """The /api/create body for a parsed Modelfile; its local files are uploaded as blobs first."""
     source = _local_file(modelfile.from_, base)
-    files = {source.name: _upload(client, source, view)} if source else None
+    uploads = [source] if source else []
+    for projector in modelfile.projectors:
+        path = _local_file(projector, base)
+        if path is None:
+            raise ClientError(f"FROM {projector}: no such file (a second FROM names a projector's GGUF)")
+        uploads.append(path)
+    files = {path.name: _upload(client, path, view) for path in uploads} or None
     adapters: dict[str, str] = {}
     for adapter in modelfile.adapters:
         path = _local_file(adapter, base)

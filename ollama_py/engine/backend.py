@@ -43,6 +43,7 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     num_gpu: int = -1  # layers on the GPU; -1: as many as fit
     template: str = ""  # a Jinja chat template to use instead of the GGUF's own
     adapters: tuple[Path, ...] = ()  # GGUF LoRA adapters: the same weights with other adapters are another model
+    projector: Path | None = None  # a vision projector (mmproj GGUF) loaded with the model
 
     def offload(self, free_vram: int) -> Plan:
         """The GPU layers and memory of this spec, given the GPUs' free memory (Ollama's num_gpu)."""

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ollama_py.engine import limits as work_limits
+from ollama_py.engine import vision
 from ollama_py.engine.answer_stream import GoAnswer
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import LimitExceeded, Limits, TemplateError
@@ -30,6 +31,7 @@ from ollama_py.engine.limits import WorkLimits
 from ollama_py.engine.runner import Runner
 from ollama_py.engine.types import Done, GenerationRequest, Logprob, PromptTooLong, Sampling, Token
 from ollama_py.llama.model import Model
+from ollama_py.llama.mtmd import Projector
 from ollama_py.llama.sampler import Grammar, GrammarError, SamplerChain, SamplerConfig
 from ollama_py.llama.shim import ChatApplied, ChatTemplates, ShimError, ToolCall, json_schema_to_grammar
 from ollama_py.store.create import derived_template
@@ -167,9 +169,10 @@ class ChatFormatter:
     """A model's chat templates (or a Jinja override) and what it can do with them."""
 
     def __init__(self, model: Model, template_override: str = "",
-                 limits: WorkLimits = work_limits.DEFAULT) -> None:
+                 limits: WorkLimits = work_limits.DEFAULT, projector: Projector | None = None) -> None:
         self.model = model
         self.limits = limits
+        self.projector = projector  # the model takes images only with one
         self.templates = ChatTemplates(model, template_override)
         # What our import stores as TEMPLATE for this GGUF: such a model keeps its own template.
         self._derived = derived_template(model.chat_template())
@@ -200,12 +203,32 @@ class ChatFormatter:
         stops at the limits, or when `cancelled` is set. Raises ValueError for requests the model cannot
         serve, as Ollama answers 400.
         """
-        if any(m.get("images") for m in chat.messages):
+        pictures = self._vision(chat, vision.has_images(chat.messages))
+        if pictures is not None:
+            chat = msgspec.structs.replace(chat, messages=tuple(pictures.messages))
+        tokenize = pictures.tokenize if pictures is not None else self._tokenize
+        try:
+            template = self.go_template(chat.template)
+            if template is None:
+                prepared = self._prepare_own(chat, num_ctx, tokenize)
+            else:
+                prepared = self._prepare_go(chat, template, num_ctx, self.limits.template(cancelled), tokenize)
+        finally:
+            if pictures is not None:
+                pictures.close()
+        return _with_images(prepared, pictures)
+
+    def _vision(self, chat: ChatRequest, wanted: bool) -> vision.VisionPrompt | None:
+        """The request's images decoded for the projector; None without images. ValueError (a 400) for a
+        model without a projector, or an image it cannot read."""
+        if not wanted:
+            return None
+        if self.projector is None:
             raise ValueError(f"{chat.model or 'the model'} does not support images")
-        template = self.go_template(chat.template)
-        if template is None:
-            return self._prepare_own(chat, num_ctx)
-        return self._prepare_go(chat, template, num_ctx, self.limits.template(cancelled))
+        return vision.VisionPrompt(self.projector, chat.messages)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.model.vocab.tokenize(text, add_special=True, parse_special=True)
 
     def grammar(self, fmt: str | dict[str, Any] | None) -> Grammar | None:
         """The grammar for `format`, within this server's size bound, checked by llama.cpp's own parser: a
@@ -219,12 +242,12 @@ class ChatFormatter:
                                  "(a recursive reference, or a repetition count too large)") from None
         return grammar
 
-    def _prepare_own(self, chat: ChatRequest, num_ctx: int) -> PreparedChat:
+    def _prepare_own(self, chat: ChatRequest, num_ctx: int, tokenize: Callable[[str], list[int]]) -> PreparedChat:
         """The model's own template, through llama.cpp: its lazy tool grammar, stops and special tokens too."""
         if chat.tools and not self.supports_tools:
             raise ValueError(f"{chat.model or 'the model'} does not support tools")
         grammar = self.grammar(chat.format)
-        applied, prompt = self._fit(chat, num_ctx, lambda messages: self._apply(chat, messages))
+        applied, prompt = self._fit(chat, num_ctx, lambda messages: self._apply(chat, messages), tokenize)
         if chat.think and not applied.supports_thinking:
             applied.close()
             raise ValueError(f"{chat.model or 'the model'} does not support thinking")
@@ -245,7 +268,8 @@ class ChatFormatter:
             **_reasoning_first(chat, tags, applied.prompt))
         return PreparedChat(request=request, applied=applied)
 
-    def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int, limits: Limits) -> PreparedChat:
+    def _prepare_go(self, chat: ChatRequest, template: PromptTemplate, num_ctx: int, limits: Limits,
+                    tokenize: Callable[[str], list[int]]) -> PreparedChat:
         """A Go template, as Ollama's server uses one: what it can do is what it mentions, a thinking model
         thinks unless told not to, and answers are read with the tags the template shows."""
         if chat.tools and not template.supports_tools:
@@ -270,15 +294,15 @@ class ChatFormatter:
             return RenderedPrompt(prompt=text, thinking_tags=template.thinking_tags,
                                   tool_tag=template.tool_tag, tool_names=tuple(n for n in names if n))
 
-        rendered, prompt = self._fit(chat, num_ctx, render)
+        rendered, prompt = self._fit(chat, num_ctx, render, tokenize)
         request = GenerationRequest(
             id=chat.id, prompt=tuple(prompt), sampling=chat.sampling, grammar=grammar, truncate=chat.truncate,
             logprobs=chat.logprobs, top_logprobs=chat.top_logprobs,
             **_reasoning_first(chat, rendered.thinking_tags if think else None, rendered.prompt))
         return PreparedChat(request=request, applied=rendered)
 
-    def _fit(self, chat: ChatRequest, num_ctx: int,
-             render: Callable[[list[dict[str, Any]]], _R]) -> tuple[_R, list[int]]:
+    def _fit(self, chat: ChatRequest, num_ctx: int, render: Callable[[list[dict[str, Any]]], _R],
+             tokenize: Callable[[str], list[int]]) -> tuple[_R, list[int]]:
         """The conversation rendered and tokenized, without its oldest non-system turns while it does not fit.
 
         A tool result goes with the call before it, as Ollama drops them: a result without its call would
@@ -287,7 +311,7 @@ class ChatFormatter:
         shrinks as turns go). Raises PromptTooLong when it does not fit and the request forbids truncating.
         """
         messages = list(chat.messages)
-        first = self._render_tokens(render, messages)
+        first = _render_tokens(render, tokenize, messages)
         if len(first[1]) < num_ctx:
             return first
         if not chat.truncate:
@@ -304,7 +328,7 @@ class ChatFormatter:
         while low <= high:
             middle = (low + high) // 2
             gone = {i for turn in turns[:middle] for i in turn}
-            tried = self._render_tokens(render, [m for i, m in enumerate(messages) if i not in gone])
+            tried = _render_tokens(render, tokenize, [m for i, m in enumerate(messages) if i not in gone])
             if len(tried[1]) < num_ctx:
                 if fitting is not None:
                     fitting[1][0].close()
@@ -322,32 +346,32 @@ class ChatFormatter:
         log.info("request %s: dropped its %d oldest turns to fit %d tokens", chat.id, fitting[0], num_ctx)
         return fitting[1]
 
-    def _render_tokens(self, render: Callable[[list[dict[str, Any]]], _R],
-                       messages: list[dict[str, Any]]) -> tuple[_R, list[int]]:
-        rendered = render(messages)
-        try:
-            return rendered, self.model.vocab.tokenize(rendered.prompt, add_special=True, parse_special=True)
-        except BaseException:
-            rendered.close()
-            raise
-
     def prepare_generate(self, chat: ChatRequest, prompt: str, *, system: str = "", raw: bool = False,
-                         num_ctx: int, suffix: str = "", cancelled: threading.Event | None = None) -> PreparedChat:
+                         num_ctx: int, suffix: str = "", images: tuple[str, ...] = (),
+                         cancelled: threading.Event | None = None) -> PreparedChat:
         """Ollama's /api/generate: the prompt as one user turn, or as it is when raw, or around a suffix
         (fill in the middle) through a Go template that takes one.
 
         `chat.messages` is ignored; the other fields apply as for a chat.
         """
         if suffix and not raw:
+            if images:
+                raise ValueError("images cannot be used with suffix (fill in the middle)")
             return self._prepare_insert(chat, prompt, suffix, num_ctx, self.limits.template(cancelled))
         if raw:
             if system:
                 raise ValueError("raw mode does not take a system prompt")
-            tokens = self.model.vocab.tokenize(prompt, add_special=True, parse_special=True)
+            pictures = self._vision(chat, bool(images))
+            try:
+                tokens = pictures.tokenize(pictures.mark_raw(prompt, images)) if pictures is not None \
+                    else self._tokenize(prompt)
+            finally:
+                if pictures is not None:
+                    pictures.close()
             request = GenerationRequest(
                 id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=self.grammar(chat.format),
                 truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)
-            return PreparedChat(request=request, applied=None)
+            return _with_images(PreparedChat(request=request, applied=None), pictures)
         turn = ({"role": "system", "content": system},) if system else ()
         return self.prepare(msgspec.structs.replace(chat, messages=turn + ({"role": "user", "content": prompt},)),
                             num_ctx, cancelled)
@@ -401,6 +425,24 @@ class ChatFormatter:
             if len(tokens) == 1:
                 ids.add(tokens[0])
         return frozenset(ids)
+
+
+def _render_tokens(render: Callable[[list[dict[str, Any]]], _R], tokenize: Callable[[str], list[int]],
+                   messages: list[dict[str, Any]]) -> tuple[_R, list[int]]:
+    rendered = render(messages)
+    try:
+        return rendered, tokenize(rendered.prompt)
+    except BaseException:
+        rendered.close()
+        raise
+
+
+def _with_images(prepared: PreparedChat, pictures: vision.VisionPrompt | None) -> PreparedChat:
+    """The request with the chunks of the images its prompt kept."""
+    if pictures is None:
+        return prepared
+    request = msgspec.structs.replace(prepared.request, images=pictures.images(prepared.request.prompt))
+    return PreparedChat(request=request, applied=prepared.applied)
 
 
 async def chat(runner: Runner, prepared: PreparedChat) -> AsyncIterator[ChatEvent]:

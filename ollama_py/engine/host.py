@@ -45,6 +45,7 @@ from ollama_py.engine.types import EngineError
 from ollama_py.llama.devices import add_rpc_server
 from ollama_py.llama.lib import native_log
 from ollama_py.llama.model import Model, ModelOptions
+from ollama_py.llama.mtmd import Projector
 
 log = logging.getLogger(__name__)
 # The exit status of a process that gave up on a rendering it could not stop.
@@ -63,6 +64,7 @@ class _Hosted:
     runner: Runner
     formatter: ChatFormatter
     load: wire.Load
+    projector: Projector | None = None
     embedder: Embedder | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,7 +74,7 @@ class _Hosted:
         if job.completion is not None:
             c = job.completion
             prepared = self.formatter.prepare_generate(job.chat, c.prompt, raw=c.raw, suffix=c.suffix,
-                                                       num_ctx=num_ctx, cancelled=cancelled)
+                                                       images=c.images, num_ctx=num_ctx, cancelled=cancelled)
         else:
             prepared = self.formatter.prepare(job.chat, num_ctx, cancelled)
         if not job.chat.shift:
@@ -105,6 +107,8 @@ class _Hosted:
         self.formatter.close()
         if self.embedder is not None:
             self.embedder.close()
+        if self.projector is not None:
+            self.projector.close()
         self.model.close()
 
 
@@ -177,18 +181,22 @@ class _Host:
             model = Model(load.path, options, adapters=tuple(Path(a) for a in load.adapters))
         runner: Runner | None = None
         formatter: ChatFormatter | None = None
+        projector: Projector | None = None
         try:
-            runner = Runner(model, load.runner, on_cancelled=self._stats_changed)
-            formatter = ChatFormatter(model, load.template, self._limits)
+            if load.projector:
+                projector = Projector(load.projector, model, n_threads=load.runner.num_thread)
+            runner = Runner(model, load.runner, on_cancelled=self._stats_changed,
+                            projector=Path(load.projector) if load.projector else None)
+            formatter = ChatFormatter(model, load.template, self._limits, projector=projector)
             probe = formatter.prepare(_PROBE, runner.num_ctx)
             if probe.applied is not None:
                 probe.applied.close()
         except BaseException:
-            for part in (formatter, runner, model):
+            for part in (formatter, runner, projector, model):
                 if part is not None:
                     part.close()
             raise
-        self._hosted[load.model] = _Hosted(model, runner, formatter, load)
+        self._hosted[load.model] = _Hosted(model, runner, formatter, load, projector)
         where = placement.summarize(assigned, self._endpoints) or placement.on_cpu(model.n_layer)
         log.info("loaded %s: %s", model.path.name, ", ".join(f"{p.device} {p.layers}" for p in where))
         return wire.Loaded(call=load.call, num_ctx=runner.num_ctx, n_vocab=model.vocab.n_tokens, placement=where)
@@ -231,8 +239,10 @@ class _Host:
                         self._events.deltas.append((message.id, event))
                     else:
                         if message.job.return_context:
+                            # Images are left out: `context` carries tokens only, as a later request sends it.
                             answer = hosted.model.vocab.tokenize(event.content, add_special=False)
-                            event = replace(event, context=prepared.request.prompt + tuple(answer))
+                            prompt = tuple(t for t in prepared.request.prompt if t >= 0)
+                            event = replace(event, context=prompt + tuple(answer))
                         self._events.done.append((message.id, event))
                     self._schedule_flush()
         except (ValueError, EngineError) as exc:

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import msgspec
 
+from ollama_py.engine import vision
 from ollama_py.engine.prompt_cache import (MIN_TOKENS, DiskCache, RamCache, SavedState, auto_ram_bytes,
                                            common_prefix, model_digest)
 from ollama_py.engine.sampling import ReasoningGate, sampler_config
@@ -193,9 +194,10 @@ class Runner:
     """Serves one model to many concurrent requests on a thread of its own."""
 
     def __init__(self, model: Model, options: RunnerOptions = RunnerOptions(),
-                 on_cancelled: Callable[[], None] = lambda: None) -> None:
+                 on_cancelled: Callable[[], None] = lambda: None, projector: Path | None = None) -> None:
         """`on_cancelled` is called on the runner thread when a cancel freed a slot or a place in the queue:
-        no event tells anyone else, and whoever reports `stats()` must hear of it."""
+        no event tells anyone else, and whoever reports `stats()` must hear of it. `projector`, the model's
+        vision projector if it has one, is part of what saved states on disk depend on."""
         if options.kv_cache_type not in _KV_TYPES:
             raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
         if options.flash_attention not in _FLASH_ATTENTION:
@@ -233,7 +235,8 @@ class Runner:
             # What the saved bytes depend on: the weights and the cache's layout (flash attention stores
             # V untransposed); llama.cpp checks its own format version when it reads a state back.
             key = {"model": model_digest(model.path), "kv_cache_type": options.kv_cache_type,
-                   "flash_attention": options.flash_attention}
+                   "flash_attention": options.flash_attention,
+                   **({"projector": model_digest(projector)} if projector is not None else {})}
             self._disk = DiskCache(Path(options.cache_dir), key, options.cache_disk)
         self._loading: dict[_Stream, _Submit] = {}  # waiting on the disk tier
         self._inbox: queue.SimpleQueue[_Submit | _Loaded | _Cancel | _Stop] = queue.SimpleQueue()
@@ -257,6 +260,9 @@ class Runner:
         """
         prompt, truncated = fit_prompt(list(request.prompt), self.num_ctx, request.sampling.num_keep,
                                        request.truncate, request.shift and self._can_shift)
+        if truncated and request.images:
+            raise PromptTooLong(f"the prompt with its images ({len(request.prompt)} tokens) is longer than the "
+                                f"context length ({self.num_ctx}); images are never cut")
         if truncated:
             log.warning("prompt of request %s truncated from %d to %d tokens", request.id, len(request.prompt),
                         len(prompt))
@@ -403,8 +409,11 @@ class Runner:
             if restore:
                 assert saved is not None
                 self._restore(slot, saved)
-            # The last prompt token is always decoded again: its logits are the first sample's.
+            # The last prompt token is always decoded again: its logits are the first sample's. An image is
+            # kept whole or prefilled whole.
             keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
+            if submit.request.images:
+                keep = submit.request.images.start_of(prompt, keep)
             if not self._ctx.seq_rm(slot.seq, keep, -1):
                 self._ctx.seq_rm(slot.seq)
                 keep = 0
@@ -449,7 +458,7 @@ class Runner:
         # llama-server; the grammar sees only its own prefill (the generation
         # prompt it starts with), never the prompt.
         last_n = request.sampling.repeat_last_n
-        history = prompt[-last_n:] if last_n > 0 else prompt if last_n < 0 else ()
+        history = [t for t in (prompt[-last_n:] if last_n > 0 else prompt if last_n < 0 else ()) if t >= 0]
         try:
             for token in history:
                 sampler.accept(token)
@@ -482,7 +491,11 @@ class Runner:
                 break
             job = slot.job
             assert job is not None
-            chunk = job.pending[:room]
+            if job.pending[0] < 0 and not self._prefill_image(slot, job, outbox):
+                continue
+            chunk = job.pending[:vision.text_run(job.pending, room)]
+            if not chunk:  # another image next: the next step takes it
+                continue
             last = len(chunk) == len(job.pending)
             index = batch.add_sequence(chunk, len(slot.cache), slot.seq, last_output=last)
             job.out_index = index if last else -1
@@ -508,6 +521,24 @@ class Runner:
             assert job is not None
             if job.out_index >= 0:
                 self._sample(slot, job, outbox)
+
+    def _prefill_image(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> bool:
+        """Encodes the image at the head of the slot's pending prompt and decodes its embeddings, in a decode
+        of their own before this step's batch; False when that failed and the slot was freed."""
+        request = job.submit.request
+        assert request.images is not None
+        try:
+            n = vision.prefill(self._ctx, request.images, request.prompt, len(slot.cache), slot.seq, self._micro)
+        except LlamaError as exc:
+            log.error("slot %d: image prefill failed: %s", slot.seq, exc)
+            outbox.append((job.submit.stream, Failed(message=str(exc))))
+            self._release(slot)
+            self._ctx.seq_rm(slot.seq)
+            slot.cache.clear()
+            return False
+        slot.cache.extend(job.pending[:n])
+        del job.pending[:n]
+        return True
 
     def _sample(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
         request = job.submit.request

@@ -446,7 +446,8 @@ class ProcessBackend:
                 call=call, model=number, path=str(spec.path),
                 runner=msgspec.structs.replace(spec.runner, cache_ram=cache_ram), num_gpu=num_gpu,
                 tensor_split=self._tensor_split if remote else (), template=spec.template,
-                adapters=tuple(str(a) for a in spec.adapters)),
+                adapters=tuple(str(a) for a in spec.adapters),
+                projector=str(spec.projector) if spec.projector is not None else ""),
                 wire.Loaded, load_timeout=self._limits.load_timeout)
         except EngineError as exc:
             crashed = link.dead is not None

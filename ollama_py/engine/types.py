@@ -10,6 +10,7 @@ import enum
 
 import msgspec
 
+from ollama_py.engine.vision import PromptImages
 from ollama_py.llama.sampler import Grammar
 
 
@@ -76,6 +77,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     # ended; `reasoning_opened` when the prompt itself ends inside the opening tag.
     reasoning_tags: tuple[str, str] | None = None
     reasoning_opened: bool = False
+    # The images in `prompt`, each a run of placeholder ids (engine/vision.py); None for a text-only prompt.
+    images: PromptImages | None = None
 
 
 class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):

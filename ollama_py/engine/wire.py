@@ -34,6 +34,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     prompt: str
     raw: bool = False
     suffix: str = ""
+    images: tuple[str, ...] = ()  # base64, for a raw prompt (placed at its [img-N] tags, else before it)
 
 
 class ChatJob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -66,6 +67,7 @@ class Load(_Message):
     tensor_split: tuple[float, ...] = ()  # proportions per device in llama.cpp's order; empty: by free memory
     template: str = ""  # a Jinja chat template instead of the GGUF's own
     adapters: tuple[str, ...] = ()  # GGUF LoRA adapters applied to every context of the model
+    projector: str = ""  # a vision projector (mmproj GGUF) for the model's images; "": it takes none
 
 
 class Unload(_Message):

@@ -80,6 +80,7 @@ FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "mtmd_init_from_file": ([c_char_p, c_void_p, mtmd_context_params], c_void_p),
     "mtmd_free": ([c_void_p], None),
     "mtmd_support_vision": ([c_void_p], c_bool),
+    "mtmd_decode_use_mrope": ([c_void_p], c_bool),
     "mtmd_helper_log_set": ([capi.log_callback, c_void_p], None),
     "mtmd_helper_init_opt_default": ([], mtmd_helper_init_opt),
     "mtmd_helper_bitmap_init_from_buf": ([c_void_p, c_char_p, c_size_t, c_bool, mtmd_helper_init_opt],
@@ -153,6 +154,11 @@ class Projector(Handle):
         if not m.mtmd_support_vision(ptr):
             self.close()
             raise ProjectorError(f"{self.path.name} is not a vision projector")
+        if m.mtmd_decode_use_mrope(ptr):
+            # An image's positions then differ from its token count, which the runner's slots count by.
+            self.close()
+            raise ProjectorError(f"{self.path.name}: models with M-RoPE image positions (Qwen2-VL and kin) "
+                                 "are not supported")
 
     def bitmap(self, data: bytes) -> Bitmap:
         """An image file (PNG, JPEG, GIF, BMP) decoded into pixels; ImageError when it is none."""

@@ -35,7 +35,7 @@ from ollama_py.engine.chat import ChatDelta, ChatDone, ChatEvent, ChatRequest
 from ollama_py.engine.scheduler import Lease
 from ollama_py.engine.types import EngineError, Sampling
 from ollama_py.engine.wire import ChatJob, Completion
-from ollama_py.server import bounds, models
+from ollama_py.server import bounds, images, models
 from ollama_py.server.models import ResolvedModel
 from ollama_py.server.services import record, services
 
@@ -179,6 +179,10 @@ async def admit(request: web.Request, model: ResolvedModel, chat_request: ChatRe
     extra = (prompt.text, prompt.system, prompt.suffix) if prompt is not None else ()
     bounds.text(settings, chat_request.messages, chat_request.template, *extra)
     await blocking(models.require, model, *needs(chat_request, prompt))
+    pictures = [*images.of_messages(chat_request.messages),
+                *((f"images[{k}]", text) for k, text in enumerate(prompt.images if prompt is not None else ()))]
+    if pictures:
+        await blocking(images.check, pictures, settings.max_image_pixels)
 
 
 async def converse(request: web.Request, model: ResolvedModel, options: Options | None, keep_alive: float | None,
@@ -211,7 +215,7 @@ def prompt_job(held: Held, chat_request: ChatRequest, prompt: Prompt, *, context
     chat_request = _for_model(held, chat_request)
     if prompt.raw or prompt.suffix:
         return ChatJob(chat=chat_request, completion=Completion(prompt=prompt.text, raw=prompt.raw,
-                                                                suffix=prompt.suffix),
+                                                                suffix=prompt.suffix, images=prompt.images),
                        context=context, return_context=return_context)
     turns: list[dict[str, Any]] = [{"role": "system", "content": prompt.system}] if prompt.system else []
     turns.append({"role": "user", "content": prompt.text, **({"images": list(prompt.images)} if prompt.images else {})})

@@ -60,6 +60,7 @@ class ResolvedModel:
     system: str | None
     messages: tuple[Message, ...]
     adapters: tuple[Path, ...] = ()  # LoRA adapters the Modelfile's ADAPTER names
+    projector: Path | None = None  # a vision model's projector (mmproj GGUF): the model takes images
 
     @property
     def key(self) -> str:
@@ -104,7 +105,8 @@ def read(store: Store, name: ModelName, asked: str) -> ResolvedModel:
         template=store.text(template) if template else None,
         system=store.text(system) if system else None,
         messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else (),
-        adapters=tuple(store.blobs.path(layer.digest) for layer in manifest.layers_of(MEDIA_ADAPTER)))
+        adapters=tuple(store.blobs.path(layer.digest) for layer in manifest.layers_of(MEDIA_ADAPTER)),
+        projector=store.blobs.path(projector.digest) if (projector := manifest.layer(MEDIA_PROJECTOR)) else None)
 
 
 # Jinja's statement tag; Go templates never use it, so it tells the two syntaxes apart.
@@ -227,7 +229,7 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
                            cache_ram=settings.cache_ram << 20 if settings.cache_ram > 0 else settings.cache_ram,
                            cache_dir=settings.prompt_cache_dir, cache_disk=settings.prompt_cache_disk << 20)
     spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
-                    template=jinja_template(model), adapters=model.adapters)
+                    template=jinja_template(model), adapters=model.adapters, projector=model.projector)
     sampling = Sampling()
     fields = {f: v for f in Sampling.__struct_fields__ if (v := getattr(opts, f, None)) is not None}
     if "stop" in fields:

@@ -218,20 +218,20 @@ def _parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
 
 def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
     """The request as the Modelfile the store builds from; FROM is a model name or an uploaded blob, never a path."""
+    # One model, from `from` or a file; any other file must be a projector (the store checks which is which).
+    weights = [str(w) for w in _ggufs(store, "files", req.files)]
     if req.from_:
-        from_ = str(models.parse_name(req.from_))
+        from_, projectors = str(models.parse_name(req.from_)), weights
+    elif weights:
+        from_, projectors = weights[0], weights[1:]
     else:
-        weights = _ggufs(store, "files", req.files)
-        if not weights:
-            raise codec.BadRequest("neither 'from' or 'files' was specified")
-        if len(weights) > 1:
-            raise codec.BadRequest("files: a model is one GGUF file; split or multi-file GGUFs are not supported")
-        from_ = str(weights[0])
+        raise codec.BadRequest("neither 'from' or 'files' was specified")
     for message in req.messages or ():
         if message.role not in MESSAGE_ROLES:
             raise codec.BadRequest(f"messages: role must be one of {', '.join(MESSAGE_ROLES)}, not {message.role!r}")
     licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
-    return Modelfile(from_=from_, parameters=_parameters(req.parameters), template=req.template, system=req.system,
+    return Modelfile(from_=from_, projectors=projectors, parameters=_parameters(req.parameters),
+                     template=req.template, system=req.system,
                      adapters=[str(p) for p in _ggufs(store, "adapters", req.adapters)], licenses=licenses,
                      messages=[Message(m.role, m.content) for m in req.messages or ()])
 

@@ -35,6 +35,8 @@ from ollama_py.store.names import ModelName
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2:135m"
+# What a vision projector (an mmproj GGUF) says it is.
+PROJECTOR_ARCHITECTURE = "clip"
 
 
 Progress = Callable[[ProgressUpdate], None]
@@ -238,10 +240,45 @@ def create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pat
                        pull=pull, quantize=quantize, cancel=cancel, scratch=Path(folder) if folder else None)
 
 
+def _is_projector(raw: str, base_dir: Path) -> bool:
+    path = _expand(raw, base_dir)
+    return path.is_file() and _read_gguf(path, "FROM").architecture == PROJECTOR_ARCHITECTURE
+
+
+def _weights_first(modelfile: Modelfile, base_dir: Path) -> Modelfile:
+    """The Modelfile with the weights as its FROM and the projectors after, in whichever order they came (the
+    files of /api/create have no order that says which is which)."""
+    if not modelfile.projectors or not _is_projector(modelfile.from_, base_dir):
+        return modelfile
+    everything = [modelfile.from_, *modelfile.projectors]
+    weights = [raw for raw in everything if not _is_projector(raw, base_dir)]
+    if len(weights) != 1:
+        raise CreateError(f"FROM: expected one model and its projectors, got {len(weights)} models")
+    return msgspec.structs.replace(modelfile, from_=weights[0],
+                                   projectors=[raw for raw in everything if raw != weights[0]])
+
+
+def _projector_files(modelfile: Modelfile, base_dir: Path) -> list[Path]:
+    """The further FROM files, each checked to be a projector (an mmproj GGUF)."""
+    paths = []
+    for raw in modelfile.projectors:
+        path = _expand(raw, base_dir)
+        if not path.is_file():
+            raise CreateError(f"FROM {raw}: no such file (a second FROM names a projector's GGUF)")
+        arch = _read_gguf(path, "FROM").architecture
+        if arch != PROJECTOR_ARCHITECTURE:
+            raise CreateError(f"FROM {raw}: a second FROM must be a projector (architecture "
+                              f"'{PROJECTOR_ARCHITECTURE}'), not a model of architecture {arch!r}")
+        paths.append(path)
+    return paths
+
+
 def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Path, progress: Progress | None,
             resolve_default: Settings | None, pull: Pull | None, quantize: str, cancel: threading.Event | None,
             scratch: Path | None) -> ModelName:
     _emit(progress, "gathering model components")
+    modelfile = _weights_first(modelfile, base_dir)
+    projector_paths = _projector_files(modelfile, base_dir)
     source = _expand(modelfile.from_, base_dir)
     base: Manifest | None = None
     model_info: gguf.GGUFFile | None = None
@@ -256,6 +293,8 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
     if source.is_file():
         _emit(progress, "parsing GGUF")
         model_info = _read_gguf(source, "FROM")
+        if model_info.architecture == PROJECTOR_ARCHITECTURE:
+            raise CreateError(f"FROM {modelfile.from_}: a projector alone is not a model; FROM the model too")
     else:
         try:
             base_name = names.parse(modelfile.from_)
@@ -298,7 +337,8 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
             licenses = list(modelfile.licenses)
         else:
             assert base is not None
-            weights = (MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER)
+            # A projector given here replaces the base model's own.
+            weights = (MEDIA_MODEL, MEDIA_ADAPTER) + (() if projector_paths else (MEDIA_PROJECTOR,))
             layers = [layer for layer in base.layers if layer.media_type in weights]
             for layer in layers:
                 _emit(progress, f"using existing layer {layer.digest}")
@@ -319,6 +359,7 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
                                               if messages_layer else [])
             licenses = [store.text(layer) for layer in base.layers_of(MEDIA_LICENSE)] + modelfile.licenses
 
+        layers += [_file_layer(store, path, MEDIA_PROJECTOR, progress) for path in projector_paths]
         layers += [_file_layer(store, path, MEDIA_ADAPTER, progress) for path in adapter_paths]
         if template is not None:
             layers.append(_text_layer(store, MEDIA_TEMPLATE, template.encode(), progress))
@@ -379,6 +420,7 @@ def to_modelfile(store: Store, name: ModelName) -> Modelfile:
         template=store.text(template) if template else None,
         system=store.text(system) if system else None,
         parameters=_base_params(store, manifest),
+        projectors=[str(store.blobs.path(layer.digest)) for layer in manifest.layers_of(MEDIA_PROJECTOR)],
         adapters=[str(store.blobs.path(layer.digest)) for layer in manifest.layers_of(MEDIA_ADAPTER)],
         licenses=[store.text(layer) for layer in manifest.layers_of(MEDIA_LICENSE)],
         messages=msgspec.json.decode(store.text(messages), type=list[Message]) if messages else [],

@@ -4,8 +4,9 @@ The grammar follows Ollama's parser/parser.go: instruction names are letters,
 case-insensitive; a value is the rest of the line, or a value in single or
 triple double quotes that may span lines and ends at a closing quote followed by
 whitespace or the end of the file; `#` at the start of a line is a comment.
-Where Ollama quietly accepts a mistake (a second FROM, text after a closing
-quote), we report it with its line number instead.
+Where Ollama quietly accepts a mistake (text after a closing quote), we
+report it with its line number instead. A second FROM is no mistake: it
+names a vision model's projector, and the store checks that it is one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Modelfile(msgspec.Struct, kw_only=True):
     """What a Modelfile asks for; `from_` is a model name, a file path or a blob path."""
 
     from_: str
+    # Further FROM lines: a vision model's projector (an mmproj GGUF) beside its weights, as Ollama takes them.
+    projectors: list[str] = msgspec.field(default_factory=list)
     parameters: dict[str, ParamValue] = msgspec.field(default_factory=dict)
     template: str | None = None
     system: str | None = None
@@ -207,9 +210,10 @@ def parse(text: str | bytes) -> Modelfile:
 
         value, pos = _value(t, pos, instruction)
         if instruction == "FROM":
-            if from_ is not None:
-                raise ModelfileError(line, f"a second FROM (the first is on line {from_[1]})")
-            from_ = (value, line)
+            if from_ is None:
+                from_ = (value, line)
+            else:
+                out.projectors.append(value)
         elif instruction == "TEMPLATE":
             out.template = value
         elif instruction == "SYSTEM":
@@ -257,6 +261,7 @@ def render(modelfile: Modelfile, *, generated_for: str | None = None) -> str:
                   "# To build a new Modelfile based on this, replace FROM with:",
                   f"# FROM {generated_for}", ""]
     lines.append(f"FROM {quote(modelfile.from_)}")
+    lines += [f"FROM {quote(p)}" for p in modelfile.projectors]
     if modelfile.template is not None:
         lines.append(f"TEMPLATE {quote(modelfile.template)}")
     if modelfile.system is not None:
