@@ -15,7 +15,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import ollama
 import openai
 import pytest
@@ -146,6 +145,10 @@ def test_png_and_jpeg_reach_the_model(client: ollama.Client) -> None:
     for picture in (PNG, JPEG):
         answer = client.generate(VISION, "Describe it.", images=[picture], options=OPTIONS)
         assert answer.prompt_eval_count == text_only + IMAGE_TOKENS
+    chat_text = client.chat(VISION, messages=[{"role": "user", "content": "Describe it."}], options=OPTIONS)
+    chat_image = client.chat(VISION, messages=[{"role": "user", "content": "Describe it.", "images": [JPEG]}],
+                             options=OPTIONS)
+    assert chat_image.prompt_eval_count == chat_text.prompt_eval_count + IMAGE_TOKENS
 
 
 def test_two_images_in_one_message(client: ollama.Client) -> None:

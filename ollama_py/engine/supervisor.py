@@ -434,6 +434,7 @@ class ProcessBackend:
             log.info("%s: %d of %d layers on the GPU (%d of %d bytes)", spec.path.name, offload.gpu_layers,
                      offload.n_layers, offload.size_vram, offload.size)
         size = offload.size if offload is not None else spec.path.stat().st_size
+        size += spec.projector.stat().st_size if spec.projector is not None else 0  # loaded beside the weights
         # Resolved here, once, so the memory bound allows for exactly what the process may keep.
         cache_ram = spec.runner.cache_ram if spec.runner.cache_ram >= 0 else auto_ram_bytes()
         memory = (self._limits.memory
