@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +112,18 @@ def test_a_second_from_stores_the_projector_layer(model_path: Path, projector_pa
     with pytest.raises(create.CreateError, match="must be a projector"):
         create.create(store, names.parse("twice"), modelfile.parse(f"FROM {model_path}\nFROM {model_path}\n"),
                       base_dir=tmp_path)
+
+
+def test_the_cli_creates_from_a_modelfile_with_two_froms(client: ollama.Client, server: LiveServer,
+                                                          model_path: Path, projector_path: Path,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nFROM {projector_path}\nPARAMETER temperature 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")} | {"OLLAMA_HOST": server.url}
+    made = subprocess.run([sys.executable, "-m", "ollama_py.cli.main", "create", "smol-vision-cli"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr
+    assert "vision" in (client.show("smol-vision-cli").capabilities or [])
+    client.delete("smol-vision-cli")
 
 
 def test_only_a_model_with_a_projector_shows_vision(client: ollama.Client) -> None:
@@ -211,3 +226,17 @@ def test_the_openai_sdk_sends_image_parts_as_data_urls(client: ollama.Client, se
     assert ask(image) == ask() + IMAGE_TOKENS
     with pytest.raises(openai.BadRequestError, match="not remote URLs"):
         ask({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}})
+
+
+def test_a_projector_for_another_width_is_refused_and_the_server_goes_on(client: ollama.Client,
+                                                                        model_path: Path, tmp_path: Path) -> None:
+    wrong = tmp_path / "mmproj-512.gguf"
+    fixtures_models.random_projector(wrong, n_embd_text=512)
+    files = {"model.gguf": client.create_blob(model_path), "mmproj.gguf": client.create_blob(wrong)}
+    assert list(client.create("smol-vision-wrong", files=files, stream=True))[-1].status == "success"
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.generate("smol-vision-wrong", "What is it?", images=[PNG], options=OPTIONS)
+    assert refused.value.status_code == 400
+    assert "projector" in refused.value.error
+    client.delete("smol-vision-wrong")
+    assert client.generate(VISION, "Still there?", images=[PNG], options=OPTIONS).done

@@ -122,8 +122,9 @@ FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
 }
 
 
-class ProjectorError(LlamaError):
-    """The projector file could not be loaded for this model."""
+class ProjectorError(ValueError):
+    """The projector file does not serve this model (another model's, another width, not a projector): the
+    request that loads it is refused (400), as for any model the user's files cannot make."""
 
 
 class ImageError(ValueError):
