@@ -23,6 +23,7 @@ import openai
 import pytest
 from PIL import Image
 
+import build_backend
 from ollama_py import settings
 from ollama_py.llama.model import Model
 from ollama_py.llama.mtmd import ImageChunk, ImageError, Projector
@@ -77,6 +78,17 @@ def client(server: LiveServer, model_path: Path, projector_path: Path) -> Iterat
     yield client
 
 
+# ---- the build ----------------------------------------------------------------------
+
+
+def test_a_cached_build_without_mtmd_is_not_reused(tmp_path: Path) -> None:
+    """A build made before mtmd was a target builds it (in the same cmake tree) instead of shipping without."""
+    (tmp_path / "build.json").write_text('{"targets": ["llama", "llama-common", "ggml-rpc-server"]}')
+    assert not build_backend._has_targets(tmp_path)
+    (tmp_path / "build.json").write_text(f'{{"targets": {list(build_backend.TARGETS)!r}}}'.replace("'", '"'))
+    assert build_backend._has_targets(tmp_path)
+
+
 # ---- the binding --------------------------------------------------------------------
 
 
@@ -120,7 +132,7 @@ def test_the_cli_creates_from_a_modelfile_with_two_froms(client: ollama.Client, 
     (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nFROM {projector_path}\nPARAMETER temperature 0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")} | {"OLLAMA_HOST": server.url}
     made = subprocess.run([sys.executable, "-m", "ollama_py.cli.main", "create", "smol-vision-cli"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert made.returncode == 0, made.stderr
     assert "vision" in (client.show("smol-vision-cli").capabilities or [])
     client.delete("smol-vision-cli")
