@@ -155,16 +155,21 @@ def test_sampled_answers_above_the_threshold_do_not_draft(model: Model, drafting
     assert drafting.stats().drafted == drafted
 
 
-def test_drafter_proposes_what_followed_the_longest_recent_match() -> None:
+def test_drafter_proposes_what_followed_the_latest_match_as_far_as_its_record_earns() -> None:
     drafter = Drafter([1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7], max_draft=3)
-    assert drafter.draft(8) == []  # ...6, 7 never occurred before
-    drafter.append(2)
-    drafter.append(3)
-    drafter.append(4)
-    assert drafter.draft(8) == [6, 7, 2]  # 2 3 4 last went on with 6, 7; capped at max_draft
+    assert drafter.draft(8) == []  # 4 6 7 never occurred before
+    for token in (2, 3, 4):
+        drafter.append(token)
+    assert drafter.draft(8) == [6, 7]  # what followed 2 3 4 last time; a new sequence's record earns two
     assert drafter.draft(1) == [6]
+    drafter.feedback(2, 2)
+    assert drafter.draft(8) == [6, 7, 2]  # all taken: up to max_draft
     drafter.feedback(3, 0)
-    assert drafter.draft(8) == [6]  # a draft wrong from its first token halves the next one's length
+    drafter.feedback(1, 0)
+    assert drafter.draft(8) == []  # wrong from the first token twice: no draft is worth its rows now
+    for _ in range(4):
+        drafter.draft(8)
+    assert drafter.draft(8) == [6]  # steps without drafts bring the record back towards the prior: it tries again
 
 
 def test_draft_setting_is_read_and_checked() -> None:

@@ -20,28 +20,50 @@ only with flash attention on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
 MAX_NGRAM = 4
-MIN_NGRAM = 2
+MIN_NGRAM = 3
+# A drafted token pays when the chance that it is taken is at least this: on the CPU a verified row costs
+# about half of a one-token decode step (measured with the default model on two cores), so a token taken
+# less often than every other time costs more than it saves.
+WORTH = 0.5
+# The record a sequence starts with (three tokens of four taken: drafts of two at first); how much each
+# draft's outcome outweighs the record before it (which is weighed by FADE); and how slowly a record too
+# poor to draft on returns towards the prior, one step at a time (four or five steps without drafts, then
+# a draft of one token).
+PRIOR_TAKEN = 3.0
+PRIOR_REACHED = 4.0
+FADE = 0.5
+RECOVER = 0.9
 
 
 class Drafter:
-    """One sequence's n-gram index and the draft length it earns.
+    """One sequence's n-gram index and the draft length its record earns.
 
     The index maps each n-gram to the position after its latest occurrence
     that has a follower, so a lookup costs one dictionary access per n-gram
-    size however long the sequence is. The draft length halves when a draft's
-    first token is wrong and doubles back to `max_draft` when a whole draft is
-    taken: text that stops repeating soon costs little wasted compute.
+    size however long the sequence is.
+
+    A drafted token costs a row of the verifying batch whether it is taken or
+    not, and on a CPU a row costs a good part of a decode step, so a draft is
+    only as long as its tokens are likely to be taken. Each draft token is
+    reached only when those before it were taken, so the sequence's record is
+    a chance `p` that a reached token is taken (drafts' tokens taken over
+    tokens reached, the older counts fading); the k-th token is reached and
+    taken with chance p^k, and drafted while that is at least WORTH. A
+    sequence that stops repeating its source soon drafts nothing; its record
+    drifts back towards the prior while it does not draft, so it tries again.
     """
 
     def __init__(self, tokens: Iterable[int], max_draft: int) -> None:
         self._tokens: list[int] = []
         self._next: list[dict[tuple[int, ...], int]] = [{} for _ in range(MIN_NGRAM, MAX_NGRAM + 1)]
         self.max_draft = max_draft
-        self._length = max_draft
+        self._taken = PRIOR_TAKEN
+        self._reached = PRIOR_REACHED
         for token in tokens:
             self.append(token)
 
@@ -55,11 +77,14 @@ class Drafter:
         tokens.append(token)
 
     def draft(self, limit: int) -> list[int]:
-        """Up to `limit` tokens guessed to follow the sequence; empty when its tail never occurred before."""
-        limit = min(limit, self._length)
-        tokens = self._tokens
+        """Up to `limit` tokens guessed to follow the sequence; empty when its tail never occurred before or
+        its record does not make a draft worth verifying."""
+        limit = min(limit, self.length())
         if limit <= 0:
+            self._taken = self._taken * RECOVER + PRIOR_TAKEN * (1 - RECOVER)
+            self._reached = self._reached * RECOVER + PRIOR_REACHED * (1 - RECOVER)
             return []
+        tokens = self._tokens
         for n in range(MAX_NGRAM, MIN_NGRAM - 1, -1):
             if len(tokens) < n:
                 continue
@@ -68,11 +93,17 @@ class Drafter:
                 return tokens[start:start + limit]
         return []
 
-    def feedback(self, drafted: int, accepted: int) -> None:
-        """Adapts the draft length to how much of the last draft the sampler took."""
-        if drafted == 0:
-            return
-        if accepted == 0:
-            self._length = max(1, self._length // 2)
-        elif accepted == drafted:
-            self._length = min(self.max_draft, self._length * 2)
+    def length(self) -> int:
+        """The longest draft whose last token is still taken with chance WORTH, given the record."""
+        p = self._taken / self._reached
+        if p >= 1.0:
+            return self.max_draft
+        if p <= WORTH:
+            return 0
+        return min(self.max_draft, int(math.log(WORTH) / math.log(p)))
+
+    def feedback(self, drafted: int, taken: int) -> None:
+        """Records how much of the last draft the sampler took."""
+        if drafted:
+            self._taken = self._taken * FADE + taken
+            self._reached = self._reached * FADE + taken + (taken < drafted)
