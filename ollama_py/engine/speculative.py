@@ -26,16 +26,16 @@ from collections.abc import Iterable
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
 MAX_NGRAM = 4
 MIN_NGRAM = 3
-# A drafted token pays when the chance that it is taken is at least this: on the CPU a verified row costs
-# about half of a one-token decode step (measured with the default model on two cores), so a token taken
-# less often than every other time costs more than it saves.
-WORTH = 0.5
-# The record a sequence starts with (three tokens of four taken: drafts of two at first); how much each
+# A drafted token pays when the chance that it is taken is at least the cost of its row over that of a
+# one-token decode step: 0.6 on the CPU (measured with the default model, one thread: about 18 ms of a 31 ms
+# step is the row's arithmetic, the rest the step's own work, which drafting saves).
+WORTH = 0.6
+# The record a sequence starts with (four tokens of five taken: drafts of two at first); how much each
 # draft's outcome outweighs the record before it (which is weighed by FADE); and how slowly a record too
-# poor to draft on returns towards the prior, one step at a time (four or five steps without drafts, then
+# poor to draft on returns towards the prior, one step at a time (about five steps without drafts, then
 # a draft of one token).
-PRIOR_TAKEN = 3.0
-PRIOR_REACHED = 4.0
+PRIOR_TAKEN = 4.0
+PRIOR_REACHED = 5.0
 FADE = 0.5
 RECOVER = 0.9
 
