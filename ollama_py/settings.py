@@ -250,7 +250,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
                           "used removed first"),
     "draft_max": ("OLLAMA_PY_DRAFT_MAX", _int,
                   "most tokens a greedy or low-temperature answer drafts per step by looking up its last tokens "
-                  "earlier in its prompt and answer (speculative decoding, exact, needs flash attention); 0: off"),
+                  "earlier in its prompt and answer (speculative decoding; on only where it is exact, checked at load); "
+                  "0: off"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})

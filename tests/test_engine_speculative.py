@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -153,6 +154,17 @@ def test_sampled_answers_above_the_threshold_do_not_draft(model: Model, drafting
     drafted = drafting.stats().drafted
     asyncio.run(collect(drafting, quote(model, 16, temperature=0.9, seed=7)))
     assert drafting.stats().drafted == drafted
+
+
+def test_no_drafts_where_a_rows_logits_depend_on_its_batch(model: Model, f16_model_path: Path) -> None:
+    """Without flash attention, or with F16 weights (another matrix kernel from two tokens on), verified rows
+    would differ in their last bits from one-token steps: the load-time check turns drafting off."""
+    with Runner(model, msgspec.structs.replace(OPTIONS, flash_attention="off")) as runner:
+        asyncio.run(collect(runner, quote(model, 12)))
+        assert runner.stats().drafted == 0
+    with Model(f16_model_path) as f16, Runner(f16, OPTIONS) as runner:
+        asyncio.run(collect(runner, quote(f16, 12)))
+        assert runner.stats().drafted == 0
 
 
 def test_drafter_proposes_what_followed_the_latest_match_as_far_as_its_record_earns() -> None:

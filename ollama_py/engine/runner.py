@@ -27,7 +27,7 @@ import msgspec
 from ollama_py.engine.prompt_cache import (MIN_TOKENS, DiskCache, RamCache, SavedState, auto_ram_bytes,
                                            common_prefix, model_digest)
 from ollama_py.engine.sampling import ReasoningGate, sampler_config, worth_drafting
-from ollama_py.engine.speculative import Drafter
+from ollama_py.engine.speculative import Drafter, batch_invariant
 from ollama_py.engine.stops import StopMatcher, TokenText
 from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, InvalidRequest,
                                     Logprob, PromptTooLong, Token, TokenLogprob)
@@ -234,7 +234,7 @@ class Runner:
         self._eog: dict[int, bool] = {}
         self._can_shift = self._ctx.can_shift()
         # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py).
-        self._draft_max = options.draft_max if options.flash_attention != "off" else 0
+        self._draft_max = options.draft_max if options.draft_max > 0 and self._exact_drafts() else 0
         self._drafted = 0
         self._accepted = 0
         ram = auto_ram_bytes() if options.cache_ram < 0 else options.cache_ram
@@ -256,6 +256,13 @@ class Runner:
         self._on_cancelled = on_cancelled
         self._thread = threading.Thread(target=self._run, name=f"runner {model.path.name}", daemon=True)
         self._thread.start()
+
+    def _exact_drafts(self) -> bool:
+        if batch_invariant(self._ctx, self._vocab, 0):  # before any slot holds anything
+            return True
+        log.info("speculative decoding off for %s: a token's logits here depend on how many share its batch "
+                 "(flash attention off, or weights whose matrix kernel changes with the batch)", self.model.path.name)
+        return False
 
     # ---- asyncio side ----------------------------------------------------------------
 

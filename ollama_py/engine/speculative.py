@@ -11,17 +11,26 @@ from the model's logits given the true prefix, so the output is what it would
 have been without drafting, only sooner.
 
 That holds only where a row's logits do not depend on how many tokens share
-its batch. On the CPU with flash attention they do not (measured on the
-default model: every verified row equal to the single-token decode, bit for
-bit, up to 33 tokens a sequence); without flash attention the attention
-product changes shape with the batch and rows differ, so the runner drafts
-only with flash attention on.
+its batch, which depends on the weights' types and the backend. With the
+default model (Q4_1) on the CPU with flash attention every verified row
+equals the one-token decode bit for bit (measured up to 33 tokens a
+sequence, with f16, q8_0 and q4_0 KV caches). Without flash attention the
+attention product changes shape with the batch, and F16, Q8_0 or Q4_0
+weights go through a different matrix kernel for several tokens than for
+one (llamafile's sgemm, used from two tokens on): rows then differ in their
+last bits (the F16 copy of the default model by up to 0.05 in a logit). So
+the runner checks this once at load (`batch_invariant`) and drafts only
+where it holds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+
+from ollama_py.llama.batch import Batch
+from ollama_py.llama.context import Context, DecodeError
+from ollama_py.llama.model import Vocab
 
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
 MAX_NGRAM = 4
@@ -38,6 +47,39 @@ PRIOR_TAKEN = 4.0
 PRIOR_REACHED = 5.0
 FADE = 0.5
 RECOVER = 0.9
+
+
+# Enough tokens for every kernel llama.cpp picks by batch size (one token; two or more; four or more).
+_PROBE = "The quick brown fox jumps over the lazy dog"
+_PROBE_TOKENS = 6
+
+
+def batch_invariant(ctx: Context, vocab: Vocab, seq: int) -> bool:
+    """Whether tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time.
+
+    Decodes a few tokens both ways in sequence `seq`, which must be empty and is left empty.
+    """
+    tokens = vocab.tokenize(_PROBE, add_special=True)[:_PROBE_TOKENS]
+    if ctx.n_ctx_seq <= len(tokens):
+        return False
+    try:
+        with Batch(len(tokens), 1) as batch:
+            for pos, token in enumerate(tokens):
+                batch.add(token, pos, (seq,), True)
+            ctx.decode(batch)
+            together = [bytes(ctx.logits(i)) for i in range(len(tokens))]
+            ctx.seq_rm(seq)
+            alone = []
+            for pos, token in enumerate(tokens):
+                batch.clear()
+                batch.add(token, pos, (seq,), True)
+                ctx.decode(batch)
+                alone.append(bytes(ctx.logits(0)))
+    except DecodeError:
+        return False
+    finally:
+        ctx.seq_rm(seq)
+    return together == alone
 
 
 class Drafter:
