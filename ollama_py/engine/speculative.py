@@ -14,13 +14,13 @@ That holds only where a row's logits do not depend on how many tokens share
 its batch, which depends on the weights' types and the backend. With the
 default model (Q4_1) on the CPU with flash attention every verified row
 equals the one-token decode bit for bit (measured up to 33 tokens a
-sequence, with f16, q8_0 and q4_0 KV caches). Without flash attention the
-attention product changes shape with the batch, and F16, Q8_0 or Q4_0
-weights go through a different matrix kernel for several tokens than for
-one (llamafile's sgemm, used from two tokens on): rows then differ in their
-last bits (the F16 copy of the default model by up to 0.05 in a logit). So
-the runner checks this once at load (`batch_invariant`) and drafts only
-where it holds.
+sequence, with f16, q8_0 and q4_0 KV caches), and so do Q8_0 and Q4_0
+copies of it. Without flash attention the attention product changes shape
+with the batch, and F16 and Q4_K_M weights go through other matrix kernels
+for several tokens than for one: rows then differ (by up to 0.05 and 1.8 in
+a logit for F16 and Q4_K_M copies of the default model). So the runner
+checks this once at load (`batch_invariant`) and drafts only where it
+holds.
 """
 
 from __future__ import annotations
