@@ -72,8 +72,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,27 +118,27 @@ CHAT_TURNS = ["Hello! I just moved here. Can I become a member, and what do I ne
 
 
 GROUNDED_PASSAGES = [
-    "The lighthouse on the northern cliff was built in 1821 from granite quarried two miles inland. For a "
-    "century its keepers climbed one hundred and twelve steps every evening to trim the wicks and wind the "
-    "clockwork that turned the lens. The keeper's log recorded the wind, the state of the sea and every ship "
-    "that passed the rocks. In 1923 the lamp was electrified, and in 1987 the last keeper, Thomas Reid, locked "
-    "the door for the final time. Today the tower is a museum, and the light still flashes twice every fifteen "
-    "seconds, run by a computer in the harbour office.",
-    "To make a sourdough starter, mix fifty grams of wholemeal flour with fifty grams of water in a clean jar. "
-    "Cover it loosely and leave it somewhere warm. Every day, throw away half of the mixture and feed what "
-    "remains with fifty grams of flour and fifty grams of water. After five to seven days the starter should "
-    "double in size within six hours of a feeding and smell pleasantly sour. Keep it in the fridge between "
-    "bakes and feed it once a week. If a grey liquid forms on top, pour it off and feed the starter as usual.",
-    "The town council met on Tuesday evening to discuss the new cycle lanes. The transport officer explained "
-    "that the lanes on Mill Road would be separated from traffic by a low kerb and that the work would take "
-    "eleven weeks. Several shop owners worried that deliveries would become harder, and the council agreed to "
-    "keep two loading bays open in the mornings. The plan was approved by seven votes to three. Construction "
-    "will begin in March, and the lanes should open before the summer holidays.",
-    "Honey bees live in colonies of up to sixty thousand workers, a few hundred drones and a single queen. "
-    "The workers are all female; in summer each lives about six weeks. A young worker first cleans cells and "
-    "feeds larvae, then builds comb and guards the entrance, and only in the last weeks of her life does she "
-    "fly out to collect nectar and pollen. A forager that finds a rich patch of flowers returns to the hive "
-    "and performs a waggle dance whose angle and length tell her sisters the direction and the distance.",
+    ("The lighthouse on the northern cliff was built in 1821 from granite quarried two miles inland. For a "
+     "century its keepers climbed one hundred and twelve steps every evening to trim the wicks and wind the "
+     "clockwork that turned the lens. The keeper's log recorded the wind, the state of the sea and every ship "
+     "that passed the rocks. In 1923 the lamp was electrified, and in 1987 the last keeper, Thomas Reid, locked "
+     "the door for the final time. Today the tower is a museum, and the light still flashes twice every fifteen "
+     "seconds, run by a computer in the harbour office."),
+    ("To make a sourdough starter, mix fifty grams of wholemeal flour with fifty grams of water in a clean jar. "
+     "Cover it loosely and leave it somewhere warm. Every day, throw away half of the mixture and feed what "
+     "remains with fifty grams of flour and fifty grams of water. After five to seven days the starter should "
+     "double in size within six hours of a feeding and smell pleasantly sour. Keep it in the fridge between "
+     "bakes and feed it once a week. If a grey liquid forms on top, pour it off and feed the starter as usual."),
+    ("The town council met on Tuesday evening to discuss the new cycle lanes. The transport officer explained "
+     "that the lanes on Mill Road would be separated from traffic by a low kerb and that the work would take "
+     "eleven weeks. Several shop owners worried that deliveries would become harder, and the council agreed to "
+     "keep two loading bays open in the mornings. The plan was approved by seven votes to three. Construction "
+     "will begin in March, and the lanes should open before the summer holidays."),
+    ("Honey bees live in colonies of up to sixty thousand workers, a few hundred drones and a single queen. "
+     "The workers are all female; in summer each lives about six weeks. A young worker first cleans cells and "
+     "feeds larvae, then builds comb and guards the entrance, and only in the last weeks of her life does she "
+     "fly out to collect nectar and pollen. A forager that finds a rich patch of flowers returns to the hive "
+     "and performs a waggle dance whose angle and length tell her sisters the direction and the distance."),
 ]
 GROUNDED_TASKS = ["Repeat the passage above word for word.",
                   "Rewrite the passage above in the present tense, keeping everything else the same.",
