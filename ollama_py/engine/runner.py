@@ -495,7 +495,7 @@ class Runner:
             job.next_token = None
             in_batch.append(slot)
             if job.drafter is not None and draft_room > 0:
-                draft_room -= self._add_drafts(batch, slot, job, draft_room)
+                draft_room -= self._add_drafts(batch, slot, job, draft_room, len(generating))
         # While streams are generating, prompts fill only one micro-batch per step: a long prompt arriving
         # then costs each running stream one micro-batch of delay per token, not a whole step's worth.
         limit = self._micro if in_batch else self._capacity
@@ -533,14 +533,14 @@ class Runner:
             if job.out_index >= 0:
                 self._sample(slot, job, outbox)
 
-    def _add_drafts(self, batch: Batch, slot: _Slot, job: _Job, room: int) -> int:
+    def _add_drafts(self, batch: Batch, slot: _Slot, job: _Job, room: int, sharing: int) -> int:
         """Puts the job's drafted tokens after its next token, each with logits to verify it by."""
         assert job.drafter is not None
         limit = min(room, self.num_ctx - len(slot.cache) - 2)
         num_predict = job.submit.request.sampling.num_predict
         if num_predict > 0:
             limit = min(limit, num_predict - job.eval_count - 1)
-        job.drafts = job.drafter.draft(limit)
+        job.drafts = job.drafter.draft(limit, sharing)
         for k, token in enumerate(job.drafts):
             batch.add(token, len(slot.cache) + k, (slot.seq,), True)
         return len(job.drafts)

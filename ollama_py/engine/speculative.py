@@ -35,10 +35,9 @@ from ollama_py.llama.model import Vocab
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
 MAX_NGRAM = 4
 MIN_NGRAM = 3
-# A drafted token pays when the chance that it is taken is at least the cost of its row over that of a
-# one-token decode step: 0.6 on the CPU (measured with the default model, one thread: about 18 ms of a 31 ms
-# step is the row's arithmetic, the rest the step's own work, which drafting saves).
-WORTH = 0.6
+# A verified row's arithmetic over the rest of a one-token step, the step's own work that a taken draft
+# saves (measured with the default model on the CPU, one thread: about 18 ms of a 31 ms step).
+ROW_COST = 1.5
 # The record a sequence starts with (four tokens of five taken: drafts of two at first); how much each
 # draft's outcome outweighs the record before it (which is weighed by FADE); and how slowly a record too
 # poor to draft on returns towards the prior, one step at a time (about five steps without drafts, then
@@ -82,6 +81,13 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int) -> bool:
     return together == alone
 
 
+def worth(sharing: int) -> float:
+    """The chance of being taken from which a drafted token pays, when `sharing` sequences generate in the
+    step: a row costs its arithmetic, a saved step saves a row and its share of the step's own work. Alone
+    that is 0.6; beside 7 others 0.92, since they already share out the step's work."""
+    return ROW_COST * sharing / (ROW_COST * sharing + 1)
+
+
 class Drafter:
     """One sequence's n-gram index and the draft length its record earns.
 
@@ -95,7 +101,7 @@ class Drafter:
     reached only when those before it were taken, so the sequence's record is
     a chance `p` that a reached token is taken (drafts' tokens taken over
     tokens reached, the older counts fading); the k-th token is reached and
-    taken with chance p^k, and drafted while that is at least WORTH. A
+    taken with chance p^k, and drafted while that is at least `worth`. A
     sequence that stops repeating its source soon drafts nothing; its record
     drifts back towards the prior while it does not draft, so it tries again.
     """
@@ -118,10 +124,10 @@ class Drafter:
                 index[tuple(tokens[end - n:end])] = end
         tokens.append(token)
 
-    def draft(self, limit: int) -> list[int]:
+    def draft(self, limit: int, sharing: int = 1) -> list[int]:
         """Up to `limit` tokens guessed to follow the sequence; empty when its tail never occurred before or
-        its record does not make a draft worth verifying."""
-        limit = min(limit, self.length())
+        its record does not make a draft worth verifying in a step `sharing` sequences generate in."""
+        limit = min(limit, self.length(sharing))
         if limit <= 0:
             self._taken = self._taken * RECOVER + PRIOR_TAKEN * (1 - RECOVER)
             self._reached = self._reached * RECOVER + PRIOR_REACHED * (1 - RECOVER)
@@ -135,14 +141,15 @@ class Drafter:
                 return tokens[start:start + limit]
         return []
 
-    def length(self) -> int:
-        """The longest draft whose last token is still taken with chance WORTH, given the record."""
+    def length(self, sharing: int = 1) -> int:
+        """The longest draft whose last token is still taken with a chance that pays, given the record."""
         p = self._taken / self._reached
+        least = worth(sharing)
         if p >= 1.0:
             return self.max_draft
-        if p <= WORTH:
+        if p <= least:
             return 0
-        return min(self.max_draft, int(math.log(WORTH) / math.log(p)))
+        return min(self.max_draft, int(math.log(least) / math.log(p)))
 
     def feedback(self, drafted: int, taken: int) -> None:
         """Records how much of the last draft the sampler took."""
