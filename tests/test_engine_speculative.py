@@ -182,6 +182,9 @@ def test_drafter_proposes_what_followed_the_latest_match_as_far_as_its_record_ea
     for _ in range(5):
         drafter.draft(8)
     assert drafter.draft(8) == [6]  # steps without drafts bring the record back towards the prior: it tries again
+    fresh = Drafter([], max_draft=16)
+    assert fresh.length(sharing=1) == 2
+    assert fresh.length(sharing=8) == 0  # beside 7 other streams a row costs more than an untested record earns
 
 
 def test_draft_setting_is_read_and_checked() -> None:
