@@ -38,6 +38,18 @@ system prompt repeats.
 
     .venv/bin/python bench/http_bench.py --workload chat --streams 8 --rounds 3
 
+`--workload grounded` is grounded text: each request gives a passage of a
+few hundred tokens and asks for an answer that quotes or rewrites it (repeat
+it, rewrite it in the present tense, correct it), the case prompt-lookup
+speculative decoding speeds up. Meant for one stream (--streams 1). ollama-py
+drafts by default (OLLAMA_PY_DRAFT_MAX); llama-server gets its own n-gram
+speculation (--llama-spec, by default ngram-simple with a 3-token lookup and
+16-token drafts, ollama-py's longest draft; llama-server's own defaults, 12
+and 48, draft less often). --also-without-drafts adds the candidate with
+OLLAMA_PY_DRAFT_MAX=0, so the table shows what the drafts themselves gain.
+
+    .venv/bin/python bench/http_bench.py --workload grounded --streams 1 --rounds 5 --also-without-drafts
+
 On a machine whose cores are shared with other work, --threads equal to the
 core count measures the scheduler more than the servers: llama.cpp's decode
 threads wait for each other at every op, and one of them descheduled stalls
@@ -60,6 +72,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +115,43 @@ CHAT_TURNS = ["Hello! I just moved here. Can I become a member, and what do I ne
               "Is there something for my six-year-old daughter on weekends?",
               "Can I print a few pages of a report while I am there?",
               "One more thing: is the building accessible with a wheelchair?"]
+
+
+GROUNDED_PASSAGES = [
+    ("The lighthouse on the northern cliff was built in 1821 from granite quarried two miles inland. For a "
+     "century its keepers climbed one hundred and twelve steps every evening to trim the wicks and wind the "
+     "clockwork that turned the lens. The keeper's log recorded the wind, the state of the sea and every ship "
+     "that passed the rocks. In 1923 the lamp was electrified, and in 1987 the last keeper, Thomas Reid, locked "
+     "the door for the final time. Today the tower is a museum, and the light still flashes twice every fifteen "
+     "seconds, run by a computer in the harbour office."),
+    ("To make a sourdough starter, mix fifty grams of wholemeal flour with fifty grams of water in a clean jar. "
+     "Cover it loosely and leave it somewhere warm. Every day, throw away half of the mixture and feed what "
+     "remains with fifty grams of flour and fifty grams of water. After five to seven days the starter should "
+     "double in size within six hours of a feeding and smell pleasantly sour. Keep it in the fridge between "
+     "bakes and feed it once a week. If a grey liquid forms on top, pour it off and feed the starter as usual."),
+    ("The town council met on Tuesday evening to discuss the new cycle lanes. The transport officer explained "
+     "that the lanes on Mill Road would be separated from traffic by a low kerb and that the work would take "
+     "eleven weeks. Several shop owners worried that deliveries would become harder, and the council agreed to "
+     "keep two loading bays open in the mornings. The plan was approved by seven votes to three. Construction "
+     "will begin in March, and the lanes should open before the summer holidays."),
+    ("Honey bees live in colonies of up to sixty thousand workers, a few hundred drones and a single queen. "
+     "The workers are all female; in summer each lives about six weeks. A young worker first cleans cells and "
+     "feeds larvae, then builds comb and guards the entrance, and only in the last weeks of her life does she "
+     "fly out to collect nectar and pollen. A forager that finds a rich patch of flowers returns to the hive "
+     "and performs a waggle dance whose angle and length tell her sisters the direction and the distance."),
+]
+GROUNDED_TASKS = ["Repeat the passage above word for word.",
+                  "Rewrite the passage above in the present tense, keeping everything else the same.",
+                  "Write the passage above out again, correcting any mistakes you find."]
+
+
+def grounded_messages(n: int) -> list[dict[str, str]]:
+    """The n-th grounded request: a passage and an instruction whose answer quotes or rewrites it."""
+    k = n + n // 1000  # rounds start at multiples of 1000: each round a different passage and task
+    passage = GROUNDED_PASSAGES[k % len(GROUNDED_PASSAGES)]
+    task = GROUNDED_TASKS[(k // len(GROUNDED_PASSAGES)) % len(GROUNDED_TASKS)]
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Request {n}.\n\n{passage}\n\n{task}"}]
 
 
 def messages(n: int) -> list[dict[str, str]]:
@@ -167,13 +217,14 @@ class Server:
             raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; its log {self.log} ends:\n{tail}")
 
 
-def ollama_py(label: str, binary: Path, args: argparse.Namespace, streams: int, scratch: Path) -> Server:
+def ollama_py(label: str, binary: Path, args: argparse.Namespace, streams: int, scratch: Path,
+              **extra_env: str) -> Server:
     port = free_port()
     store = Path(tempfile.mkdtemp(prefix=f"store-{label}-{streams}-", dir=scratch))
     env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
            "OLLAMA_NUM_PARALLEL": str(streams), "OLLAMA_CONTEXT_LENGTH": str(args.ctx),
            "OLLAMA_FLASH_ATTENTION": args.flash_attention,
-           "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MAX_LOADED_MODELS": "1"}
+           "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_MAX_LOADED_MODELS": "1", **extra_env}
     env.pop("OLLAMA_PY_API_KEYS", None)
     env.pop("OLLAMA_PY_API_KEYS_FILE", None)
     return Server(label, [str(binary), "serve"], env, BENCH_MODEL, scratch / f"{label}-{streams}.log", port)
@@ -184,6 +235,8 @@ def llama_server(binary: Path, gguf: Path, args: argparse.Namespace, streams: in
     argv = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "-np", str(streams), "-c", str(args.ctx * streams), "-t", str(args.threads), "-tb", str(args.threads),
             "-fa", args.flash_attention, "-ngl", str(args.ngl), "-b", "512", "-ub", "512", "--no-webui"]
+    if args.workload == "grounded":
+        argv += args.llama_spec.split()
     return Server("llama-server", argv, dict(os.environ), "smollm2", scratch / f"llama-server-{streams}.log", port)
 
 
@@ -246,12 +299,12 @@ async def one(session: aiohttp.ClientSession, server: Server, conversation: list
 
 
 async def run_round(session: aiohttp.ClientSession, server: Server, first: int, streams: int,
-                    max_tokens: int) -> dict[str, Any]:
+                    max_tokens: int, prompt: Callable[[int], list[dict[str, str]]] = messages) -> dict[str, Any]:
     server.alive()
     assert server.proc is not None
     cpu = session_cpu_s(server.proc.pid)
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(session, server, messages(first + i), max_tokens) for i in range(streams)))
+    results = await asyncio.gather(*(one(session, server, prompt(first + i), max_tokens) for i in range(streams)))
     wall = time.perf_counter() - start
     cpu = session_cpu_s(server.proc.pid) - cpu
     tokens = sum(r["completion_tokens"] for r in results)
@@ -359,17 +412,18 @@ def chat_table(summary: dict[str, Any], labels: list[str]) -> str:
 
 
 async def level(servers: list[Server], streams: int, args: argparse.Namespace) -> None:
+    prompt = grounded_messages if args.workload == "grounded" else messages
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900), connector=connector) as session:
         await asyncio.gather(*(ready(session, s, args) for s in servers))
         for s in servers:  # warm-up: loads the model and touches every slot; not counted
             t = time.perf_counter()
-            await run_round(session, s, 10_000, streams, 16)
+            await run_round(session, s, 10_000, streams, 16, prompt)
             print(f"  {s.label}: ready, warm-up {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
-                result = await run_round(session, s, (r + 1) * 1000, streams, args.max_tokens)
+                result = await run_round(session, s, (r + 1) * 1000, streams, args.max_tokens, prompt)
                 s.rounds.append(result)
                 print(f"  streams {streams} round {r + 1} {s.label:13s} {result['tps']:7.1f} tok/s "
                       f"({result['tokens']} tokens in {result['wall_s']:.2f} s) TTFT p50 "
@@ -441,8 +495,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="ollama-py console script of the baseline; default: none")
-    parser.add_argument("--workload", choices=("fresh", "chat"), default="fresh",
-                        help="fresh prompts every round, or a multi-user chat (see above)")
+    parser.add_argument("--workload", choices=("fresh", "chat", "grounded"), default="fresh",
+                        help="fresh prompts every round, a multi-user chat, or grounded text (see above)")
+    parser.add_argument("--llama-spec", default="--spec-type ngram-simple --spec-ngram-simple-size-n 3 "
+                        "--spec-ngram-simple-size-m 16", help="grounded: llama-server's speculation flags")
+    parser.add_argument("--also-without-drafts", action="store_true",
+                        help="also the candidate with OLLAMA_PY_DRAFT_MAX=0 (what drafting itself gains)")
     parser.add_argument("--conversations", type=int, default=32, help="chat: users at once")
     parser.add_argument("--turns", type=int, default=4, help="chat: turns per conversation")
     parser.add_argument("--candidate", type=Path, default=ROOT / ".venv" / "bin" / "ollama-py")
@@ -470,6 +528,9 @@ def main() -> None:
     labels: list[str] = []
     for streams in args.streams:
         servers = [ollama_py("candidate", args.candidate, args, streams, scratch)]
+        if args.also_without_drafts:
+            servers.append(ollama_py("candidate-nodraft", args.candidate, args, streams, scratch,
+                                     OLLAMA_PY_DRAFT_MAX="0"))
         if args.baseline is not None:
             servers.insert(0, ollama_py("baseline", args.baseline, args, streams, scratch))
         if llama_bin is not None and gguf is not None:

@@ -150,6 +150,7 @@ class Settings:
     cache_ram: int = -1
     prompt_cache_dir: str = ""
     prompt_cache_disk: int = 10240
+    draft_max: int = 16
 
 
 # field -> (environment variable, parser, description)
@@ -250,6 +251,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "prompt_cache_disk": ("OLLAMA_PY_PROMPT_CACHE_DISK", _int,
                           "MiB that OLLAMA_PY_PROMPT_CACHE_DIR may hold per model and options, least recently "
                           "used removed first"),
+    "draft_max": ("OLLAMA_PY_DRAFT_MAX", _int,
+                  "most tokens a greedy or low-temperature answer drafts per step by looking up its last tokens "
+                  "earlier in its prompt and answer (speculative decoding; on only where it is exact, checked at load); "
+                  "0: off"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
@@ -299,6 +304,8 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
                             "number of MiB")
     if settings.kv_cache_type not in {"f16", "q8_0", "q4_0"}:
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
+    if settings.draft_max < 0:
+        raise SettingsError(f"OLLAMA_PY_DRAFT_MAX={settings.draft_max}: expected a number of tokens, 0 (off) or more")
     if settings.listing_threads < 1:
         raise SettingsError(f"OLLAMA_PY_LISTING_THREADS={settings.listing_threads}: expected at least 1")
     return settings

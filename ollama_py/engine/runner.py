@@ -25,12 +25,31 @@ from typing import TypeVar
 import msgspec
 
 from ollama_py.engine import vision
-from ollama_py.engine.prompt_cache import (MIN_TOKENS, DiskCache, RamCache, SavedState, auto_ram_bytes,
-                                           common_prefix, model_digest)
-from ollama_py.engine.sampling import ReasoningGate, sampler_config
+from ollama_py.engine.prompt_cache import (
+    MIN_TOKENS,
+    DiskCache,
+    RamCache,
+    SavedState,
+    auto_ram_bytes,
+    common_prefix,
+    model_digest,
+)
+from ollama_py.engine.sampling import ReasoningGate, sampler_config, worth_drafting
+from ollama_py.engine.speculative import Drafter, batch_invariant
 from ollama_py.engine.stops import StopMatcher, TokenText
-from ollama_py.engine.types import (Done, DoneReason, EngineError, Event, Failed, GenerationRequest, InvalidRequest,
-                                    Logprob, PromptTooLong, Token, TokenLogprob)
+from ollama_py.engine.types import (
+    Done,
+    DoneReason,
+    EngineError,
+    Event,
+    Failed,
+    GenerationRequest,
+    InvalidRequest,
+    Logprob,
+    PromptTooLong,
+    Token,
+    TokenLogprob,
+)
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions, DecodeError
@@ -62,6 +81,8 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cache_ram: int = -1  # bytes of host RAM; -1: a quarter of what is available, at most 8 GiB; 0: off
     cache_dir: str = ""  # a directory that keeps finished requests' states across restarts; "": none
     cache_disk: int = 10 << 30  # bytes that directory may hold for this model and these options
+    # Most tokens a generating slot drafts per step by prompt lookup (engine/speculative.py); 0: none.
+    draft_max: int = 16
 
 
 def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool,
@@ -110,6 +131,8 @@ class RunnerStats:
     kv_capacity: int
     cache_states: int = 0  # prompt states saved in host RAM beyond the slots
     cache_bytes: int = 0
+    drafted: int = 0  # tokens proposed by prompt lookup since load
+    accepted: int = 0  # of those, tokens the samplers confirmed
 
 
 @dataclass(frozen=True)
@@ -153,6 +176,8 @@ class _Job:
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
     gate: ReasoningGate | None = None  # holds the grammar back while the model reasons
     next_token: int | None = None  # sampled, not yet decoded
+    drafter: Drafter | None = None  # prompt lookup, for samplers where drafting pays
+    drafts: list[int] = field(default_factory=list)  # decoded after next_token this step, not yet verified
     out_index: int = -1  # this step's logits row for the slot
     eval_count: int = 0
     first_token_ns: int = 0
@@ -228,6 +253,10 @@ class Runner:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._can_shift = self._ctx.can_shift()
+        # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py).
+        self._draft_max = options.draft_max if options.draft_max > 0 and self._exact_drafts() else 0
+        self._drafted = 0
+        self._accepted = 0
         ram = auto_ram_bytes() if options.cache_ram < 0 else options.cache_ram
         self._ram = RamCache(ram) if ram > 0 else None
         self._disk: DiskCache | None = None
@@ -248,6 +277,13 @@ class Runner:
         self._on_cancelled = on_cancelled
         self._thread = threading.Thread(target=self._run, name=f"runner {model.path.name}", daemon=True)
         self._thread.start()
+
+    def _exact_drafts(self) -> bool:
+        if batch_invariant(self._ctx, self._vocab, 0):  # before any slot holds anything
+            return True
+        log.info("speculative decoding off for %s: a token's logits here depend on how many share its batch "
+                 "(flash attention off, or weights whose matrix kernel changes with the batch)", self.model.path.name)
+        return False
 
     # ---- asyncio side ----------------------------------------------------------------
 
@@ -304,7 +340,8 @@ class Runner:
             slots_busy=sum(1 for s in self._slots if s.job is not None), slots_total=len(self._slots),
             waiting=len(self._waiting) + len(self._loading) + self._inbox.qsize(),
             kv_tokens=sum(len(s.cache) for s in self._slots), kv_capacity=self.num_ctx * len(self._slots),
-            cache_states=len(self._ram) if self._ram else 0, cache_bytes=self._ram.bytes if self._ram else 0)
+            cache_states=len(self._ram) if self._ram else 0, cache_bytes=self._ram.bytes if self._ram else 0,
+            drafted=self._drafted, accepted=self._accepted)
 
     @property
     def steps(self) -> int:
@@ -472,15 +509,20 @@ class Runner:
     def _step_once(self, batch: Batch, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
         batch.clear()
         in_batch: list[_Slot] = []
-        for slot in self._slots:
+        generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
+        # Drafts take at most half of a micro-batch, so a prompt waiting for its prefill still moves.
+        draft_room = self._micro // 2 - len(generating)
+        for slot in generating:
             job = slot.job
-            if job is not None and job.next_token is not None:
-                if len(slot.cache) + 1 >= self.num_ctx:
-                    self._shift(slot)
-                job.out_index = batch.add(job.next_token, len(slot.cache), (slot.seq,), True)
-                slot.cache.append(job.next_token)
-                job.next_token = None
-                in_batch.append(slot)
+            assert job is not None and job.next_token is not None
+            if len(slot.cache) + 1 >= self.num_ctx:
+                self._shift(slot)
+            job.out_index = batch.add(job.next_token, len(slot.cache), (slot.seq,), True)
+            slot.cache.append(job.next_token)
+            job.next_token = None
+            in_batch.append(slot)
+            if job.drafter is not None and draft_room > 0:
+                draft_room -= self._add_drafts(batch, slot, job, draft_room, len(generating))
         # While streams are generating, prompts fill only one micro-batch per step: a long prompt arriving
         # then costs each running stream one micro-batch of delay per token, not a whole step's worth.
         limit = self._micro if in_batch else self._capacity
@@ -539,8 +581,47 @@ class Runner:
         slot.cache.extend(job.pending[:n])
         del job.pending[:n]
         return True
+    def _add_drafts(self, batch: Batch, slot: _Slot, job: _Job, room: int, sharing: int) -> int:
+        """Puts the job's drafted tokens after its next token, each with logits to verify it by."""
+        assert job.drafter is not None
+        limit = min(room, self.num_ctx - len(slot.cache) - 2)
+        num_predict = job.submit.request.sampling.num_predict
+        if num_predict > 0:
+            limit = min(limit, num_predict - job.eval_count - 1)
+        job.drafts = job.drafter.draft(limit, sharing)
+        for k, token in enumerate(job.drafts):
+            batch.add(token, len(slot.cache) + k, (slot.seq,), True)
+        return len(job.drafts)
 
     def _sample(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
+        """Samples the slot's next token, then each of its drafts' rows while the draft holds the token sampled
+        before it: what is emitted is what one token a step would have emitted."""
+        request = job.submit.request
+        if job.eval_count == 0 and self._draft_max and worth_drafting(request.sampling):
+            job.drafter = Drafter(request.prompt, self._draft_max)
+        drafts, job.drafts = job.drafts, []
+        row = job.out_index
+        taken = 0
+        while (token := self._sample_one(slot, job, outbox)) is not None:
+            if job.drafter is not None:
+                job.drafter.append(token)
+            if taken == len(drafts) or token != drafts[taken]:
+                break
+            # The draft was right: its keys and values, decoded this step, are the sequence's own.
+            slot.cache.append(token)
+            job.next_token = None
+            taken += 1
+            job.out_index = row + taken
+        if drafts:
+            assert job.drafter is not None
+            job.drafter.feedback(len(drafts), taken)
+            self._drafted += len(drafts)
+            self._accepted += taken
+            if taken < len(drafts) and slot.job is job:
+                self._ctx.seq_rm(slot.seq, len(slot.cache), -1)
+
+    def _sample_one(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> int | None:
+        """Samples and emits one token from row `job.out_index`; the token when the job goes on, else None."""
         request = job.submit.request
         stream = job.submit.stream
         num_predict = request.sampling.num_predict
@@ -548,11 +629,11 @@ class Runner:
             job.first_token_ns = time.monotonic_ns()
         if num_predict == 0:
             self._finish(slot, DoneReason.LENGTH, outbox)
-            return
+            return None
         token = self._next_token(job)
         if self._is_eog(token):
             self._finish(slot, DoneReason.STOP, outbox)
-            return
+            return None
         job.eval_count += 1
         piece = self._vocab.token_to_piece(token, special=True) if token in request.special_tokens \
             else self._piece(token)
@@ -567,6 +648,8 @@ class Runner:
             self._finish(slot, DoneReason.LENGTH, outbox)
         else:
             job.next_token = token
+            return token
+        return None
 
     def _next_token(self, job: _Job) -> int:
         """The slot's next token; while a reasoning gate holds the grammar back, sampled freely, and sampled
@@ -612,6 +695,9 @@ class Runner:
                 flush: bool = True) -> None:
         job = slot.job
         assert job is not None
+        if job.drafter is not None:
+            # Drafts decoded after the last kept token, verified or not, are no part of what the slot holds.
+            self._ctx.seq_rm(slot.seq, len(slot.cache), -1)
         now = time.monotonic_ns()
         tail = job.stops.feed(job.text.flush())[0] + job.stops.flush() if flush else ""
         outbox.append((job.submit.stream, Done(

@@ -64,3 +64,17 @@ class ReasoningGate:
         else:
             self._tail = text[-len(self._closing):]
         return True
+
+
+# Above this temperature a sampled answer strays from the text it could quote too often for drafts to pay.
+_DRAFT_MAX_TEMPERATURE = 0.5
+
+
+def worth_drafting(sampling: Sampling) -> bool:
+    """Whether prompt-lookup drafts are likely enough to be taken that verifying them pays.
+
+    Drafting never changes what is sampled (each row is sampled as it would have been one step at a time),
+    only what it costs: greedy and low-temperature answers follow their source text closely.
+    """
+    return sampling.temperature <= _DRAFT_MAX_TEMPERATURE or sampling.top_k == 1
+

@@ -1,0 +1,201 @@
+"""Prompt-lookup speculative decoding on the real model: the same tokens as one token a step, sooner.
+
+Each request runs on a runner that drafts and on one that does not; the
+tokens, log-probabilities, stop handling and end reasons must agree exactly,
+and the drafting runner must have had drafts accepted (so the comparison
+cannot pass by speculation never running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ollama_py import settings
+from ollama_py.engine.chat import grammar_for_format
+from ollama_py.engine.runner import Runner, RunnerOptions
+from ollama_py.engine.speculative import Drafter
+from ollama_py.engine.types import Done, GenerationRequest, Logprob, Sampling, Token
+from ollama_py.llama.model import Model
+
+PASSAGE = ("The lighthouse stood on the northern cliff for two hundred years. Every night its keeper climbed "
+           "the one hundred and twelve steps to light the lamp, and every morning he wrote the weather in a "
+           "leather book. Ships passing the rocks used the light to find the harbour, and the town grew rich "
+           "on the trade that came safely in.")
+RECORD = {"name": "Margaret Hale", "city": "Milton", "age": 19, "occupation": "teacher"}
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"},
+                                           "age": {"type": "integer"}, "occupation": {"type": "string"}},
+          "required": ["name", "city", "age", "occupation"]}
+OPTIONS = RunnerOptions(num_ctx=1024, num_parallel=2, num_batch=128, cache_ram=0)
+
+
+def chat_prompt(model: Model, question: str) -> tuple[int, ...]:
+    return tuple(model.vocab.tokenize(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+                                      parse_special=True))
+
+
+@pytest.fixture(scope="module")
+def plain(model: Model) -> Iterator[Runner]:
+    with Runner(model, msgspec.structs.replace(OPTIONS, draft_max=0)) as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def drafting(model: Model) -> Iterator[Runner]:
+    with Runner(model, OPTIONS) as runner:
+        yield runner
+
+
+async def collect(runner: Runner, request: GenerationRequest) -> tuple[list[int], str, list[Logprob], Done]:
+    tokens: list[int] = []
+    text: list[str] = []
+    logprobs: list[Logprob] = []
+    done: Done | None = None
+    async with contextlib.aclosing(runner.submit(request)) as events:
+        async for event in events:
+            text.append(event.text)
+            if isinstance(event, Token):
+                tokens.append(event.token)
+                if event.logprob is not None:
+                    logprobs.append(event.logprob)
+            else:
+                done = event
+    assert done is not None
+    return tokens, "".join(text), logprobs, done
+
+
+def both(plain: Runner, drafting: Runner, request: GenerationRequest) -> tuple[tuple, tuple, int, int]:
+    """The request's output on each runner, and the drafting runner's accepted drafts and steps for it."""
+    expected = asyncio.run(collect(plain, request))
+    accepted, steps = drafting.stats().accepted, drafting.steps
+    got = asyncio.run(collect(drafting, request))
+    return expected, got, drafting.stats().accepted - accepted, drafting.steps - steps
+
+
+def quote(model: Model, n: int, **sampling: object) -> GenerationRequest:
+    return GenerationRequest(
+        id="quote", prompt=chat_prompt(model, f"Here is a passage:\n\n{PASSAGE}\n\nRepeat the passage exactly, "
+                                              "word for word."),
+        sampling=Sampling(**{"temperature": 0, "num_predict": n, **sampling}))  # type: ignore[arg-type]
+
+
+def test_quoting_answer_is_token_identical_in_fewer_steps(model: Model, plain: Runner, drafting: Runner) -> None:
+    expected, got, accepted, steps = both(plain, drafting, msgspec.structs.replace(
+        quote(model, 48), logprobs=True, top_logprobs=2))
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+    assert PASSAGE[:60] in got[1]  # the answer quotes the passage, so drafting had something to find
+    assert got[2] == expected[2]  # log-probabilities of each verified row as of its own step
+    assert got[3].reason == expected[3].reason and got[3].eval_count == expected[3].eval_count == 48
+    assert accepted >= 24, f"only {accepted} drafted tokens accepted for a quoted passage"
+    assert steps <= 48 - accepted + 1
+
+
+def test_stop_string_inside_a_draft_ends_the_answer_where_it_would(model: Model, plain: Runner,
+                                                                  drafting: Runner) -> None:
+    expected, got, accepted, _ = both(plain, drafting, quote(model, 80, stop=("twelve steps",)))
+    assert got[1] == expected[1] and got[1].rstrip().endswith("one hundred and")
+    assert got[3].reason == expected[3].reason and got[3].stop_sequence == "twelve steps"
+    assert got[3].eval_count == expected[3].eval_count
+    assert accepted > 0
+
+
+def test_num_predict_ending_inside_a_draft_is_exact(model: Model, plain: Runner, drafting: Runner) -> None:
+    for n in (1, 2, 13):
+        expected, got, _, _ = both(plain, drafting, quote(model, n))
+        assert got[0] == expected[0] and len(got[0]) == n
+        assert str(got[3].reason) == "length"
+
+
+def test_json_schema_answer_is_identical_with_drafts(model: Model, plain: Runner, drafting: Runner) -> None:
+    grammar = grammar_for_format(SCHEMA)
+    request = GenerationRequest(
+        id="json", prompt=chat_prompt(model, f"Here is a record: {json.dumps(RECORD)}\n\nRepeat it as JSON."),
+        sampling=Sampling(temperature=0, num_predict=48), grammar=grammar)
+    expected, got, accepted, _ = both(plain, drafting, request)
+    assert got[0] == expected[0]
+    assert json.loads(got[1]) == json.loads(expected[1])
+    assert accepted > 0
+
+
+def test_repeated_request_after_rejected_drafts_reuses_a_clean_slot(model: Model, drafting: Runner) -> None:
+    """Rejected drafts leave nothing behind: the same prompt again reuses the slot and answers the same."""
+    request = GenerationRequest(
+        id="rewrite", prompt=chat_prompt(model, f"Here is a passage:\n\n{PASSAGE}\n\nRewrite it in the present "
+                                                "tense."), sampling=Sampling(temperature=0, num_predict=40))
+    first = asyncio.run(collect(drafting, request))
+    drafted, accepted = drafting.stats().drafted, drafting.stats().accepted
+    second = asyncio.run(collect(drafting, request))
+    assert second[0] == first[0]
+    assert second[3].prompt_cached == len(request.prompt) - 1
+    assert drafting.stats().drafted - drafted > drafting.stats().accepted - accepted  # some drafts were refused
+
+
+def test_concurrent_drafting_streams_match_running_alone(model: Model, plain: Runner, drafting: Runner) -> None:
+    quoting = quote(model, 32)
+    other = GenerationRequest(id="other", prompt=chat_prompt(model, "List three fruits."),
+                              sampling=Sampling(temperature=0, num_predict=32))
+    alone = [asyncio.run(collect(plain, r))[0] for r in (quoting, other)]
+
+    async def together() -> list[list[int]]:
+        results = await asyncio.gather(*(collect(drafting, r) for r in (quoting, other)))
+        return [r[0] for r in results]
+
+    assert asyncio.run(together()) == alone
+
+
+def test_sampled_answers_above_the_threshold_do_not_draft(model: Model, drafting: Runner) -> None:
+    drafted = drafting.stats().drafted
+    asyncio.run(collect(drafting, quote(model, 16, temperature=0.9, seed=7)))
+    assert drafting.stats().drafted == drafted
+
+
+def test_no_drafts_where_a_rows_logits_depend_on_its_batch(model: Model, f16_model_path: Path) -> None:
+    """Without flash attention, or with F16 weights (another matrix kernel from two tokens on), verified rows
+    would differ in their last bits from one-token steps: the load-time check turns drafting off."""
+    with Runner(model, msgspec.structs.replace(OPTIONS, flash_attention="off")) as runner:
+        asyncio.run(collect(runner, quote(model, 12)))
+        assert runner.stats().drafted == 0
+    with Model(f16_model_path) as f16, Runner(f16, OPTIONS) as runner:
+        asyncio.run(collect(runner, quote(f16, 12)))
+        assert runner.stats().drafted == 0
+
+
+def test_drafter_proposes_what_followed_the_latest_match_as_far_as_its_record_earns() -> None:
+    drafter = Drafter([1, 2, 3, 4, 5, 9, 2, 3, 4, 6, 7], max_draft=3)
+    assert drafter.draft(8) == []  # 4 6 7 never occurred before
+    for token in (2, 3, 4):
+        drafter.append(token)
+    assert drafter.draft(8) == [6, 7]  # what followed 2 3 4 last time; a new sequence's record earns two
+    assert drafter.draft(1) == [6]
+    drafter.feedback(2, 2)
+    assert drafter.draft(8) == [6, 7, 2]  # all taken: up to max_draft
+    drafter.feedback(3, 0)
+    drafter.feedback(1, 0)
+    assert drafter.draft(8) == []  # wrong from the first token twice: no draft is worth its rows now
+    for _ in range(5):
+        drafter.draft(8)
+    assert drafter.draft(8) == [6]  # steps without drafts bring the record back towards the prior: it tries again
+    fresh = Drafter([], max_draft=16)
+    assert fresh.length(sharing=1) == 2
+    assert fresh.length(sharing=8) == 0  # beside 7 other streams a row costs more than an untested record earns
+
+
+def test_drafts_end_before_an_image() -> None:
+    # An image stands in the prompt as negative placeholder ids (engine/vision.py), which are no tokens to decode.
+    drafter = Drafter([1, 2, 3, 7, -5, -5, 8, 1, 2, 3], max_draft=16)
+    assert drafter.draft(8) == [7]
+
+
+def test_draft_setting_is_read_and_checked() -> None:
+    assert settings.load({}).draft_max == 16
+    assert settings.load({"OLLAMA_PY_DRAFT_MAX": "0"}).draft_max == 0
+    with pytest.raises(settings.SettingsError, match="OLLAMA_PY_DRAFT_MAX"):
+        settings.load({"OLLAMA_PY_DRAFT_MAX": "-3"})
+
