@@ -202,6 +202,27 @@ def test_prompt_too_long_without_truncation_is_400(http: httpx.Client) -> None:
     assert response.status_code == 400 and "context length" in response.json()["error"]
 
 
+def test_truncate_false_refuses_only_a_prompt_longer_than_the_context(http: httpx.Client) -> None:
+    """Ollama's runner runs a prompt that exactly fills num_ctx without truncating it, and refuses a longer one."""
+    num_ctx = 1024  # the test server's context length
+    sizes = {}
+    for units in (num_ctx, num_ctx + 1):
+        text = " a" * units
+        tokens = http.post("/api/tokenize", json={"model": MODEL, "text": text, "add_special": True}).json()
+        text = " a" * (2 * units - len(tokens["tokens"]))  # one token per " a", plus what the model adds
+        sizes[units] = (text, len(http.post("/api/tokenize", json={"model": MODEL, "text": text,
+                                                                  "add_special": True}).json()["tokens"]))
+    (full, full_tokens), (over, over_tokens) = sizes[num_ctx], sizes[num_ctx + 1]
+    assert (full_tokens, over_tokens) == (num_ctx, num_ctx + 1)
+    body = {"model": MODEL, "raw": True, "truncate": False, "stream": False, "options": {"num_predict": 2}}
+    fits = http.post("/api/generate", json=body | {"prompt": full})
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["prompt_eval_count"] == num_ctx and fits.json()["eval_count"] >= 1
+    refused = http.post("/api/generate", json=body | {"prompt": over})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("the input length exceeds the context length")
+
+
 def test_format_schema_answers_with_matching_json(client: ollama.Client) -> None:
     schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
               "required": ["colour"], "additionalProperties": False}
