@@ -8,7 +8,14 @@ import httpx
 import pytest
 
 from ollama_py.engine.runner import Runner, RunnerOptions, fit_prompt
-from ollama_py.engine.types import Done, DoneReason, GenerationRequest, PromptTooLong, Sampling, Token
+from ollama_py.engine.types import (
+    Done,
+    DoneReason,
+    GenerationRequest,
+    PromptTooLong,
+    Sampling,
+    Token,
+)
 from ollama_py.llama.model import Model
 
 NUM_CTX = 64
