@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -230,6 +231,26 @@ def test_format_schema_answers_with_matching_json(client: ollama.Client) -> None
                          options={"temperature": 0, "num_predict": 60})
     assert answer.done_reason == "stop"
     assert set(json.loads(answer.message.content)) == {"colour"}
+
+
+def test_a_schema_pattern_is_honoured_and_a_broken_one_is_a_400_naming_it(http: httpx.Client) -> None:
+    def schema(pattern: str) -> dict[str, object]:
+        return {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}},
+                "required": ["code"], "additionalProperties": False}
+
+    ask = {"model": MODEL, "stream": False, "options": {"temperature": 0, "num_predict": 24},
+           "messages": [{"role": "user", "content": "Give a three-letter airport code as JSON."}]}
+    answer = http.post("/api/chat", json=ask | {"format": schema("^[A-Z]{3}$")})
+    assert answer.status_code == 200, answer.text
+    assert re.fullmatch("[A-Z]{3}", json.loads(answer.json()["message"]["content"])["code"])
+    refused = http.post("/api/chat", json=ask | {"format": schema("^[A-Z]{3,1}$")})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("format.properties.code.pattern: '^[A-Z]{3,1}$' is not a valid "
+                                              "regular expression")
+    tool = {"type": "function", "function": {"name": "find_airport", "parameters": schema("^[z-a]+$")}}
+    refused = http.post("/api/chat", json=ask | {"tools": [tool]})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("tools[0].function.parameters.properties.code.pattern: ")
 
 
 def test_logprobs_come_with_each_token(http: httpx.Client) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ollama_py.engine import limits as work_limits
-from ollama_py.engine import vision
+from ollama_py.engine import schema_patterns, vision
 from ollama_py.engine.answer_stream import GoAnswer
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import LimitExceeded, Limits, TemplateError
@@ -120,6 +120,7 @@ def grammar_for_format(fmt: str | dict[str, Any] | None,
     if fmt == "json":
         return Grammar(gbnf=json_schema_to_grammar(_JSON_OBJECT))
     if isinstance(fmt, dict):
+        schema_patterns.check(fmt, "format")
         try:
             gbnf = json_schema_to_grammar(fmt)
         except (ShimError, TypeError, OverflowError) as exc:  # TypeError: a number JSON cannot carry to C++
@@ -203,6 +204,8 @@ class ChatFormatter:
         stops at the limits, or when `cancelled` is set. Raises ValueError for requests the model cannot
         serve, as Ollama answers 400.
         """
+        for i, tool in enumerate(chat.tools):
+            schema_patterns.check(tool, f"tools[{i}]")
         pictures = self._vision(chat, vision.has_images(chat.messages))
         if pictures is not None:
             chat = msgspec.structs.replace(chat, messages=tuple(pictures.messages))
