@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import re
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +54,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from http_bench import (  # the HTTP benchmark's server start-up, shared
+    Server,
+    free_port,
+    percentile,
+    ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2:135m"
@@ -69,17 +72,6 @@ QUICK = {"temperature": 0, "num_predict": 4}
 NESTED_RANGES = "{{range 1000000}}{{range 1000000}}{{end}}{{end}}"
 WRITING_LOOP = "{{range 1000000000}}all work and no play {{end}}"
 EVIL_ORIGIN = "http://localhost:1234.evil.example"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def stats_ms(values: list[float]) -> dict[str, float | int | None]:
@@ -163,41 +155,26 @@ class Sampler(threading.Thread):
                 "total": round(max(s[1] + s[2] for s in chosen) / 2**20, 1)}
 
 
-@dataclass
-class Server:
-    store: Path
-    log: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+def ollama_py_server(store: Path, log: Path) -> Server:
+    """`ollama-py serve` from this tree on a fresh store, started and stopped as the HTTP benchmark does."""
+    port = free_port()
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
+           "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_MAX_QUEUE": "16", "OLLAMA_NOPRUNE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for name in ("OLLAMA_PY_API_KEYS", "OLLAMA_PY_API_KEYS_FILE", "OLLAMA_ORIGINS", "OLLAMA_KEEP_ALIVE"):
+        env.pop(name, None)
+    return Server("ollama-py", [sys.executable, "-m", "ollama_py.cli.main", "serve"], env, MODEL, log, port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(self.store),
-               "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_MAX_QUEUE": "16", "OLLAMA_NOPRUNE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        for name in ("OLLAMA_PY_API_KEYS", "OLLAMA_PY_API_KEYS_FILE", "OLLAMA_ORIGINS", "OLLAMA_KEEP_ALIVE"):
-            env.pop(name, None)
-        with self.log.open("wb") as out:  # a session of its own: its runners are found (and ended) by it
-            self.proc = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+def running(server: Server) -> bool:
+    return server.proc is not None and server.proc.poll() is None
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def errors(self) -> list[str]:
-        """The log's error lines, each once with its count (llama.cpp's own complaints arrive as ERROR too)."""
-        lines = self.log.read_text(errors="replace").splitlines()
-        found = Counter(line[:300] for line in lines if re.search(r"\bERROR\b|Traceback|Error:", line))
-        return [f"{count} x {line}" for line, count in found.most_common(40)]
+def log_errors(log: Path) -> list[str]:
+    """The log's error lines, each once with its count (llama.cpp's own complaints arrive as ERROR too)."""
+    lines = log.read_text(errors="replace").splitlines()
+    found = Counter(line[:300] for line in lines if re.search(r"\bERROR\b|Traceback|Error:", line))
+    return [f"{count} x {line}" for line, count in found.most_common(40)]
 
 
 def import_default(store: Path) -> None:
@@ -470,19 +447,6 @@ async def metrics(session: aiohttp.ClientSession, url: str) -> tuple[float, floa
     return busy, waiting
 
 
-async def ready(session: aiohttp.ClientSession, server: Server) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"the server exited; see {server.log}")
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with session.get(server.url + "/api/version", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if r.status == 200:
-                    return
-        await asyncio.sleep(0.3)
-    raise RuntimeError(f"the server did not answer in 300 s; see {server.log}")
-
-
 async def quiet(session: aiohttp.ClientSession, url: str, chats: int, tags: int) -> Healthy:
     sink = Healthy()
     await healthy_chat(session, url, Healthy())  # loads the model: not measured
@@ -525,7 +489,7 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await ready(session, server)
+        await ready(session, server, args)
         url = server.url
         quiet_before = healthy_stats(await quiet(session, url, args.quiet_chats, args.quiet_tags))
         print(f"quiet: {json.dumps(quiet_before)}", file=sys.stderr, flush=True)
@@ -539,7 +503,7 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
         began = time.monotonic()
         cycles = 0
         per_cycle: list[dict[str, Any]] = []
-        while time.monotonic() - began < args.minutes * 60 and server.alive():
+        while time.monotonic() - began < args.minutes * 60 and running(server):
             cycle_start = time.monotonic()
             for row in table:
                 start = time.monotonic()
@@ -548,7 +512,7 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
                 row.windows.append((start, time.monotonic()))
                 print(f"  {time.monotonic() - began:6.0f} s  {row.name}: {dict(Counter(str(o.status) for o in got))}",
                       file=sys.stderr, flush=True)
-                if not server.alive():
+                if not running(server):
                     break
                 await asyncio.sleep(0.2)
             cycles += 1
@@ -557,7 +521,7 @@ async def soak(args: argparse.Namespace, server: Server, sampler: Sampler) -> di
         soaked = time.monotonic() - began
         stop.set()
         await asyncio.gather(*healthy)
-        died = not server.alive()
+        died = not running(server)
 
         settled: dict[str, Any] = {"slots_busy": None, "waiting": None, "settled_s": None}
         if not died:
@@ -671,7 +635,7 @@ def main() -> int:
         store = Path(scratch) / "models"
         import_default(store)
         log = Path(scratch) / "server.log"
-        server = Server(store, log)
+        server = ollama_py_server(store, log)
         server.start()
         assert server.proc is not None
         sampler = Sampler(server.proc.pid)
@@ -680,8 +644,8 @@ def main() -> int:
             result = asyncio.run(soak(args, server, sampler))
         finally:
             sampler.stopped.set()
-            server.kill()
-            errors = server.errors()
+            server.stop()
+            errors = log_errors(log)
             kept = Path(tempfile.gettempdir()) / f"soak-server-{server.port}.log"
             kept.write_bytes(log.read_bytes())
     result = {"args": {"minutes": args.minutes, "quiet_chats": args.quiet_chats, "quiet_tags": args.quiet_tags},

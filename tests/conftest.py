@@ -13,7 +13,7 @@ from ollama_py.llama.context import Context, ContextOptions
 from ollama_py.llama.model import Model
 from ollama_py.store import default_model
 from tests import fixtures_models
-from tests.server_harness import LiveServer, default_store, live_server, server_settings
+from tests.server_harness import LiveServer, default_server
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +42,7 @@ def ctx(model: Model) -> Iterator[Context]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A live server on a fresh store holding the default model; a module may define its own instead."""
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache), default_store(root, cache)) as live:
+    with default_server(tmp_path_factory.mktemp("store")) as live:
         yield live
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
+from ollama_py import settings as server_config
 from ollama_py.server.app import make_app
 from ollama_py.settings import Settings
 from ollama_py.store import create
@@ -129,3 +132,39 @@ def live_server(settings: Settings, store: Store) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def default_server(root: Path, **changes: object) -> Iterator[LiveServer]:
+    """A live server on a fresh store at `root` holding the default model, its settings changed as given."""
+    cache = server_config.load().cache
+    with live_server(server_settings(root, cache, **changes), default_store(root, cache)) as live:
+        yield live
+
+
+def start_serve(env: dict[str, str], log: Path, what: str = "the server") -> tuple[subprocess.Popen[bytes], str]:
+    """`ollama-py serve` in its own process with `env` (OLLAMA_HOST names its port), once it answers /health;
+    returns the process and its URL.
+
+    Its stderr goes to `log`, a file: a pipe nobody reads would fill and block the server. A server that exits
+    or never answers fails the test with the end of its log, and is killed.
+    """
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=out)
+    url = f"http://{env['OLLAMA_HOST']}"
+
+    def up() -> bool:
+        assert process.poll() is None, f"{what} exited:\n{log.read_text(errors='replace')[-3000:]}"
+        try:
+            return httpx.get(f"{url}/health", timeout=GUARD).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, f"{what} does not answer /health")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url

@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_py import settings
 from tests import hostile_models
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import MODEL, LiveServer, default_server
 
 MAX_NUM_CTX = 2048
 MAX_NUM_PREDICT = 24
@@ -24,10 +23,8 @@ PLAIN_JINJA = ("{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n{% en
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache, max_num_ctx=MAX_NUM_CTX, max_num_predict=MAX_NUM_PREDICT),
-                     default_store(root, cache)) as live:
+    with default_server(tmp_path_factory.mktemp("store"), max_num_ctx=MAX_NUM_CTX,
+                        max_num_predict=MAX_NUM_PREDICT) as live:
         created = httpx.post(f"{live.url}/api/create", timeout=120, json={
             "model": EXAMPLES_MODEL, "from": MODEL, "stream": False,
             "messages": [{"role": "user", "content": "My name is Zorblax."},

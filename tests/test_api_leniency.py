@@ -15,8 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from ollama_py import settings
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import MODEL, LiveServer, default_server
 
 MAX_NUM_CTX = 2048
 MAX_NUM_PREDICT = 4
@@ -26,10 +25,8 @@ INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """Small bounds, so that `num_predict` values meaning "no limit" end soon."""
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache, max_num_ctx=MAX_NUM_CTX, max_num_predict=MAX_NUM_PREDICT),
-                     default_store(root, cache)) as live:
+    with default_server(tmp_path_factory.mktemp("store"), max_num_ctx=MAX_NUM_CTX,
+                        max_num_predict=MAX_NUM_PREDICT) as live:
         yield live
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ollama_py import settings as server_config
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings
+from tests.server_harness import MODEL, LiveServer, default_server
 
 LIMITS = {"max_messages": 40, "max_stop": 8, "max_stop_length": 32, "max_embed_inputs": 16,
           "max_prompt_bytes": 64 << 10, "template_max_output": 256 << 10, "max_schema_bytes": 4096,
@@ -20,9 +20,7 @@ QUICK = {"temperature": 0, "num_predict": 1}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = server_config.load().cache
-    with live_server(server_settings(root, cache, **LIMITS), default_store(root, cache)) as live:
+    with default_server(tmp_path_factory.mktemp("store"), **LIMITS) as live:
         yield live
 
 

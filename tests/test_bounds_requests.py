@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ollama_py import settings
 from tests.bounds_harness import Neighbours
-from tests.server_harness import MODEL, LiveServer, default_store, live_server, server_settings, wait_for
+from tests.server_harness import MODEL, LiveServer, default_server, wait_for
 
 GUARD_CONNECT = 30.0
 
@@ -27,9 +26,7 @@ QUICK = {"temperature": 0, "num_predict": 2}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("store")
-    cache = settings.load().cache
-    with live_server(server_settings(root, cache, **LIMITS), default_store(root, cache)) as live:
+    with default_server(tmp_path_factory.mktemp("store"), **LIMITS) as live:
         yield live
 
 

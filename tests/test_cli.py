@@ -25,6 +25,7 @@ import pytest
 from ollama_py import settings
 from ollama_py.cli import format as fmt
 from ollama_py.cli.client import BaseURL, Client
+from tests import fixtures_models
 from tests.server_harness import GUARD, Environment
 from tests.test_registry_harness import running_registry
 
@@ -152,6 +153,19 @@ def test_create_then_show_prints_the_modelfile_back(server: Server, captain: str
     assert "You are Captain Haddock." in info
     both = cli(server.env, "show", captain, "--system", "--license", check=False)
     assert both.returncode == 1 and "only one of" in both.stderr
+
+
+def test_create_from_a_safetensors_folder_uploads_its_files(server: Server, tmp_path: Path) -> None:
+    (tmp_path / "all-MiniLM-L6-v2").symlink_to(fixtures_models.minilm_folder(settings.load().cache))
+    (tmp_path / "Modelfile").write_text("FROM ./all-MiniLM-L6-v2\n")
+    result = cli(server.env, "create", "minilm", cwd=tmp_path)
+    assert "converting model" in result.stderr and "success" in result.stderr
+    info = cli(server.env, "show", "minilm").stdout
+    assert re.search(r"architecture\s+bert", info) and "embedding" in info
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "Modelfile").write_text("FROM ./empty\n")
+    refused = cli(server.env, "create", "nothing", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and "no .safetensors files" in refused.stderr
 
 
 def test_run_answers_with_the_modelfile_parameters(server: Server, captain: str) -> None:

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.server_harness import MODEL, LiveServer
+from tests.test_shim import HERMES_TEMPLATE
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -130,3 +131,70 @@ def test_errors_name_the_model_never_a_blob(http: httpx.Client, model_path: Path
     assert "odd-arch" in error and "sha256" not in error
     assert http.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                                         "stream": False, "options": {"num_predict": 4}}).status_code == 200
+
+
+def _weather_call(city: str) -> dict[str, Any]:
+    return {"function": {"name": "get_weather", "arguments": {"city": city}}}
+
+
+# Two earlier answers, each two calls in one turn: a 135M model does not split a question into calls when told
+# to, but greedy decoding copies the pattern it was shown.
+TWO_CITY_SHOTS: list[dict[str, Any]] = [
+    turn for first, second in (("London", "Berlin"), ("Madrid", "Oslo")) for turn in (
+        {"role": "user", "content": f"What is the weather in {first} and in {second}?"},
+        {"role": "assistant", "content": "", "tool_calls": [_weather_call(first), _weather_call(second)]})]
+TWO_CITIES = {"role": "user", "content": "What is the weather in Paris and in Rome?"}
+
+
+def _as_openai(message: dict[str, Any]) -> dict[str, Any]:
+    if not message.get("tool_calls"):
+        return message
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_{i}", "type": "function",
+         "function": {"name": c["function"]["name"], "arguments": json.dumps(c["function"]["arguments"])}}
+        for i, c in enumerate(message["tool_calls"])]}
+
+
+_HERMES_CALLS = """{% for call in message.tool_calls %}<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>
+{% endfor %}"""
+# Hermes' tool block with an answer's calls in one tag, separated by commas: llama.cpp's grammar and parser
+# then take a second call only when parallel tool calls are asked for (with a tag per call, they always do).
+ONE_TAG_TEMPLATE = HERMES_TEMPLATE.replace(_HERMES_CALLS, """<tool_call>
+{% for call in message.tool_calls %}{% if not loop.first %}, {% endif %}{"name": "{{ call.function.name }}", \
+"arguments": {{ call.function.arguments | tojson }}}{% endfor %}
+</tool_call>
+""")
+JINJA_TEMPLATES = {"hermes-tools": HERMES_TEMPLATE, "one-tag-tools": ONE_TAG_TEMPLATE}
+
+
+@pytest.fixture(scope="module")
+def jinja_models(http: httpx.Client) -> list[str]:
+    """The default model with Jinja templates, which llama.cpp renders and whose answers it parses."""
+    assert ONE_TAG_TEMPLATE != HERMES_TEMPLATE
+    for name, template in JINJA_TEMPLATES.items():
+        _create(http, name, **{"from": MODEL, "template": template})
+    return list(JINJA_TEMPLATES)
+
+
+@pytest.mark.parametrize("model", [MODEL, *JINJA_TEMPLATES], ids=["go-template", *JINJA_TEMPLATES])
+def test_two_calls_in_one_answer_come_back_both(model: str, jinja_models: list[str], server: LiveServer,
+                                                http: httpx.Client) -> None:
+    messages = [*TWO_CITY_SHOTS, TWO_CITIES]
+    native = http.post("/api/chat", json={"model": model, "messages": messages, "tools": [WEATHER],
+                                          "stream": False, "options": {"temperature": 0, "num_predict": 80}})
+    assert native.status_code == 200, native.text
+    calls = native.json()["message"]["tool_calls"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+    assert [c["function"]["index"] for c in calls] == [0, 1]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(model=model, messages=[_as_openai(m) for m in messages],  # type: ignore[misc]
+                                                tools=[WEATHER], max_tokens=80, temperature=0)  # type: ignore[list-item]
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    openai_calls = choice.message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in openai_calls] == [  # type: ignore[union-attr]
+        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+    assert len({c.id for c in openai_calls}) == 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file
 
 from ollama_py import settings
 from ollama_py.store import create, names
+from ollama_py.store.manifests import MEDIA_MODEL
 from ollama_py.store.modelfile import Modelfile
 from tests import fixtures_models
 from tests.server_harness import LiveServer
@@ -91,10 +93,41 @@ def test_minilm_imported_from_safetensors_embeds_like_its_weights(server: LiveSe
             assert _cosine(got_openai, expected) > 0.99
 
 
-def test_generation_routes_refuse_an_embedding_model(server: LiveServer, minilm: Path) -> None:
+def test_generation_routes_refuse_an_embedding_model_in_ollamas_words(server: LiveServer, minilm: Path) -> None:
     client = ollama.Client(host=server.url, timeout=300)
-    for call in (lambda: client.generate("all-minilm", "Hi"),
-                 lambda: client.chat("all-minilm", [{"role": "user", "content": "Hi"}])):
+    for call, route in ((lambda: client.generate("all-minilm", "Hi"), "generate"),
+                        (lambda: client.chat("all-minilm", [{"role": "user", "content": "Hi"}]), "chat")):
         with pytest.raises(ollama.ResponseError) as refused:
             call()
-        assert refused.value.status_code == 400 and "does not support" in refused.value.error
+        assert (refused.value.status_code, refused.value.error) == (400, f'"all-minilm" does not support {route}')
+    openai_client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as chat:
+        openai_client.chat.completions.create(model="all-minilm", messages=[{"role": "user", "content": "Hi"}])
+    assert chat.value.body["message"] == '"all-minilm" does not support chat'  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as completion:
+        openai_client.completions.create(model="all-minilm", prompt="Hi")
+    assert completion.value.body["message"] == '"all-minilm" does not support generate'  # type: ignore[index]
+
+
+def test_a_safetensors_model_created_from_uploaded_files_is_the_folders_model(server: LiveServer,
+                                                                              minilm: Path) -> None:
+    """Ollama's CLI uploads each file of a model folder as a blob and sends `files` {name: digest}; the server
+    converts them as it converts the folder itself."""
+    files = {}
+    with server.client() as http:
+        for path in sorted(p for p in minilm.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            if http.head(f"/api/blobs/{digest}").status_code != 200:
+                assert http.post(f"/api/blobs/{digest}", content=data).status_code == 201
+            files[path.relative_to(minilm).as_posix()] = digest
+        created = http.post("/api/create", json={"model": "minilm-uploaded", "files": files, "stream": False})
+        assert created.json() == {"status": "success"}
+        shown = http.post("/api/show", json={"model": "minilm-uploaded"}).json()
+        assert shown["capabilities"] == ["embedding"] and shown["details"]["family"] == "bert"
+        without_config = {k: v for k, v in files.items() if k != "config.json"}
+        refused = http.post("/api/create", json={"model": "broken", "files": without_config, "stream": False})
+        assert refused.status_code == 400 and "config.json" in refused.json()["error"]
+    weights = {name: server.store.read(names.parse(name)).layer(MEDIA_MODEL).digest  # type: ignore[union-attr]
+               for name in ("minilm-uploaded", "all-minilm")}
+    assert weights["minilm-uploaded"] == weights["all-minilm"]

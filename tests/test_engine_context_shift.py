@@ -8,7 +8,14 @@ import httpx
 import pytest
 
 from ollama_py.engine.runner import Runner, RunnerOptions, fit_prompt
-from ollama_py.engine.types import Done, DoneReason, GenerationRequest, Sampling, Token
+from ollama_py.engine.types import (
+    Done,
+    DoneReason,
+    GenerationRequest,
+    PromptTooLong,
+    Sampling,
+    Token,
+)
 from ollama_py.llama.model import Model
 
 NUM_CTX = 64
@@ -51,6 +58,13 @@ def test_fit_prompt_keeps_num_keep_and_half_the_rest_when_shifting() -> None:
     cut, truncated = fit_prompt(prompt, 64, 4, True, shift=False)
     assert truncated and cut == list(range(4)) + list(range(56, 100))  # three quarters: room for the answer
     assert fit_prompt(prompt[:63], 64, 4, True) == (prompt[:63], False)
+
+
+def test_fit_prompt_without_truncating_refuses_only_what_is_longer_than_the_context() -> None:
+    prompt = list(range(65))
+    assert fit_prompt(prompt[:64], 64, 4, False) == (prompt[:64], False)
+    with pytest.raises(PromptTooLong, match="^the input length exceeds the context length"):
+        fit_prompt(prompt, 64, 4, False)
 
 
 def test_shift_false_over_http(http: httpx.Client) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +203,27 @@ def test_prompt_too_long_without_truncation_is_400(http: httpx.Client) -> None:
     assert response.status_code == 400 and "context length" in response.json()["error"]
 
 
+def test_truncate_false_refuses_only_a_prompt_longer_than_the_context(http: httpx.Client) -> None:
+    """Ollama's runner runs a prompt that exactly fills num_ctx without truncating it, and refuses a longer one."""
+    num_ctx = 1024  # the test server's context length
+    sizes = {}
+    for units in (num_ctx, num_ctx + 1):
+        text = " a" * units
+        tokens = http.post("/api/tokenize", json={"model": MODEL, "text": text, "add_special": True}).json()
+        text = " a" * (2 * units - len(tokens["tokens"]))  # one token per " a", plus what the model adds
+        sizes[units] = (text, len(http.post("/api/tokenize", json={"model": MODEL, "text": text,
+                                                                  "add_special": True}).json()["tokens"]))
+    (full, full_tokens), (over, over_tokens) = sizes[num_ctx], sizes[num_ctx + 1]
+    assert (full_tokens, over_tokens) == (num_ctx, num_ctx + 1)
+    body = {"model": MODEL, "raw": True, "truncate": False, "stream": False, "options": {"num_predict": 2}}
+    fits = http.post("/api/generate", json=body | {"prompt": full})
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["prompt_eval_count"] == num_ctx and fits.json()["eval_count"] >= 1
+    refused = http.post("/api/generate", json=body | {"prompt": over})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("the input length exceeds the context length")
+
+
 def test_format_schema_answers_with_matching_json(client: ollama.Client) -> None:
     schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}},
               "required": ["colour"], "additionalProperties": False}
@@ -209,6 +231,26 @@ def test_format_schema_answers_with_matching_json(client: ollama.Client) -> None
                          options={"temperature": 0, "num_predict": 60})
     assert answer.done_reason == "stop"
     assert set(json.loads(answer.message.content)) == {"colour"}
+
+
+def test_a_schema_pattern_is_honoured_and_a_broken_one_is_a_400_naming_it(http: httpx.Client) -> None:
+    def schema(pattern: str) -> dict[str, object]:
+        return {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}},
+                "required": ["code"], "additionalProperties": False}
+
+    ask = {"model": MODEL, "stream": False, "options": {"temperature": 0, "num_predict": 24},
+           "messages": [{"role": "user", "content": "Give a three-letter airport code as JSON."}]}
+    answer = http.post("/api/chat", json=ask | {"format": schema("^[A-Z]{3}$")})
+    assert answer.status_code == 200, answer.text
+    assert re.fullmatch("[A-Z]{3}", json.loads(answer.json()["message"]["content"])["code"])
+    refused = http.post("/api/chat", json=ask | {"format": schema("^[A-Z]{3,1}$")})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("format.properties.code.pattern: '^[A-Z]{3,1}$' is not a valid "
+                                              "regular expression")
+    tool = {"type": "function", "function": {"name": "find_airport", "parameters": schema("^[z-a]+$")}}
+    refused = http.post("/api/chat", json=ask | {"tools": [tool]})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("tools[0].function.parameters.properties.code.pattern: ")
 
 
 def test_logprobs_come_with_each_token(http: httpx.Client) -> None:

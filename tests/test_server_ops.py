@@ -59,6 +59,26 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(http: httpx.Clien
                for s in samples(http)["ollama_py_requests_total"])  # scanners cannot grow the label set
 
 
+def test_metrics_show_the_prompt_cache_beyond_the_slots_growing(http: httpx.Client) -> None:
+    """A slot taken by a new prompt first saves what it held to host RAM; the gauges count those states."""
+
+    def cache() -> tuple[float, float]:
+        found = samples(http)
+        (states,), (size,) = found["ollama_py_prompt_cache_states"], found["ollama_py_prompt_cache_bytes"]
+        assert states.labels["model"] == size.labels["model"] == MODEL
+        return states.value, size.value
+
+    body = {"model": MODEL, "raw": True, "stream": False, "options": {"num_predict": 2, "temperature": 0}}
+    http.post("/api/generate", json=body | {"prompt": "Hi"})  # the model loaded, so its gauges exist
+    before = cache()
+    # More distinct prompts than slots, each long enough to be worth keeping: one slot must be reused.
+    for topic in ("the sea", "mountains", "old trains"):
+        prompt = f"{topic}: " + " ".join(f"{topic} fact number {i}." for i in range(8))
+        assert http.post("/api/generate", json=body | {"prompt": prompt}).status_code == 200
+    states, size = cache()
+    assert states > before[0] and size > before[1]
+
+
 def test_health(http: httpx.Client) -> None:
     health = http.get("/health").json()
     assert health["status"] == "ok" and health["version"] and health["loaded_models"] >= 0

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from ollama_py import settings
-from tests.server_harness import GUARD, MODEL, wait_for
+from tests.server_harness import GUARD, MODEL, start_serve, wait_for
 from tests.test_registry_harness import free_port
 
 SHUTDOWN_TIMEOUT = 2.0
@@ -81,19 +80,8 @@ def server(tmp_path: Path, name: str) -> Iterator[tuple[subprocess.Popen[bytes],
            "OLLAMA_PY_CACHE": str(settings.load().cache), "OLLAMA_NUM_PARALLEL": "1",
            "OLLAMA_PY_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)}
     log = tmp_path / f"{name}.log"
-    with log.open("wb") as out:  # a file: a pipe nobody reads would fill and block the server
-        process = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_serve(env, log)
     try:
-        def up() -> bool:
-            assert process.poll() is None, f"the server exited:\n{log.read_text(errors='replace')[-3000:]}"
-            try:
-                return httpx.get(f"{url}/health", timeout=GUARD).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, "the server does not answer /health")
         yield process, url, log
     finally:
         if process.poll() is None:

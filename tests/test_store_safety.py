@@ -16,7 +16,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from tests.server_harness import (
     LiveServer,
     live_server,
     server_settings,
+    start_serve,
     wait_for,
 )
 from tests.test_registry_harness import FakeRegistry, free_port
@@ -150,20 +150,7 @@ def serve(root: Path, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], s
     environ = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(root),
                "OLLAMA_PY_CACHE": str(settings.load().cache), **env}
     environ.pop("OLLAMA_NOPRUNE", None)
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=environ,
-                                   stdout=subprocess.DEVNULL, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, f"the server exited:\n{log.read_text(errors='replace')[-3000:]}"
-        try:
-            return httpx.get(f"{url}/health", timeout=GUARD).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, "the second server does not answer /health")
-    return process, url
+    return start_serve(environ, log, "the second server")
 
 
 def test_a_second_server_starting_on_the_store_keeps_the_first_ones_upload(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 and turning a Modelfile into an /api/create request.
 
 `create` parses the Modelfile here, in the client, as Ollama's CLI does: a
-FROM or ADAPTER that names a local file is uploaded as a blob first
+FROM or ADAPTER that names a local file, and each file of a safetensors
+model folder that FROM names, is uploaded as a blob first
 (`/api/blobs/<digest>`, skipped when the server already has it), so the
 server never reads paths from the client's machine.
 """
@@ -70,26 +71,52 @@ def _upload(client: Client, path: Path, view: ProgressView) -> str:
     return digest
 
 
-def _local_file(value: str, base: Path) -> Path | None:
-    """The file a FROM or ADAPTER names (relative to the Modelfile, `~` expanded), or None for a model name."""
+def _local_path(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
-    path = path if path.is_absolute() else base / path
+    return path if path.is_absolute() else base / path
+
+
+def _local_file(value: str, base: Path) -> Path | None:
+    """The GGUF file an ADAPTER or a projector's FROM names (relative to the Modelfile, `~` expanded), or None
+    when there is none."""
+    path = _local_path(value, base)
     if path.is_dir():
-        raise ClientError(f"{value}: importing a folder (safetensors) is not supported; convert it to GGUF first")
+        raise ClientError(f"{value}: a folder, where one GGUF file is expected")
     return path if path.is_file() else None
+
+
+def _folder_files(folder: Path) -> dict[str, Path]:
+    """What a conversion reads from a safetensors model folder, by its path inside the folder, picked as Ollama's
+    CLI picks them: the weights, the JSON files (a sentence-embedding model keeps one a level down), the
+    SentencePiece model and a standalone chat template."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ClientError(f"{folder}: no .safetensors files; a model folder holds safetensors weights and "
+                          "config.json (or give a GGUF file)")
+    picked = [*weights, *sorted(folder.glob("*.json")), *sorted(folder.glob("*/*.json")),
+              *(p for p in (folder / "tokenizer.model", folder / "chat_template.jinja") if p.is_file())]
+    return {p.relative_to(folder).as_posix(): p for p in picked if p.is_file()}
+
+
+def _source_files(client: Client, value: str, base: Path, view: ProgressView) -> dict[str, str] | None:
+    """The `files` of a FROM that names a local GGUF file or model folder, each uploaded as a blob; None for a
+    model name."""
+    path = _local_path(value, base)
+    if path.is_dir():
+        return {name: _upload(client, file, view) for name, file in _folder_files(path).items()}
+    return {path.name: _upload(client, path, view)} if path.is_file() else None
 
 
 def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
                    view: ProgressView, *, quantize: str = "") -> CreateRequest:
     """The /api/create body for a parsed Modelfile; its local files are uploaded as blobs first."""
-    source = _local_file(modelfile.from_, base)
-    uploads = [source] if source else []
+    source = _source_files(client, modelfile.from_, base, view)
+    files = dict(source or {})
     for projector in modelfile.projectors:
         path = _local_file(projector, base)
         if path is None:
             raise ClientError(f"FROM {projector}: no such file (a second FROM names a projector's GGUF)")
-        uploads.append(path)
-    files = {path.name: _upload(client, path, view) for path in uploads} or None
+        files[path.name] = _upload(client, path, view)
     adapters: dict[str, str] = {}
     for adapter in modelfile.adapters:
         path = _local_file(adapter, base)
@@ -97,7 +124,7 @@ def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
             raise ClientError(f"ADAPTER {adapter}: no such file")
         adapters[path.name] = _upload(client, path, view)
     return CreateRequest(
-        model=name, from_="" if source else modelfile.from_, files=files, adapters=adapters or None,
+        model=name, from_="" if source else modelfile.from_, files=files or None, adapters=adapters or None,
         template=modelfile.template, system=modelfile.system, parameters=modelfile.parameters or None,
         messages=[Message(role=m.role, content=m.content) for m in modelfile.messages] or None,
         license=modelfile.licenses or None, quantize=quantize)

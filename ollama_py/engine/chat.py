@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from ollama_py.engine import limits as work_limits
-from ollama_py.engine import vision
+from ollama_py.engine import schema_patterns, vision
 from ollama_py.engine.answer_stream import GoAnswer
 from ollama_py.engine.goprompt import PromptTemplate, RenderedPrompt, parse_template
 from ollama_py.engine.gotemplate import LimitExceeded, Limits, TemplateError
@@ -120,6 +120,7 @@ def grammar_for_format(fmt: str | dict[str, Any] | None,
     if fmt == "json":
         return Grammar(gbnf=json_schema_to_grammar(_JSON_OBJECT))
     if isinstance(fmt, dict):
+        schema_patterns.check(fmt, "format")
         try:
             gbnf = json_schema_to_grammar(fmt)
         except (ShimError, TypeError, OverflowError) as exc:  # TypeError: a number JSON cannot carry to C++
@@ -203,6 +204,8 @@ class ChatFormatter:
         stops at the limits, or when `cancelled` is set. Raises ValueError for requests the model cannot
         serve, as Ollama answers 400.
         """
+        for i, tool in enumerate(chat.tools):
+            schema_patterns.check(tool, f"tools[{i}]")
         pictures = self._vision(chat, vision.has_images(chat.messages))
         if pictures is not None:
             chat = msgspec.structs.replace(chat, messages=tuple(pictures.messages))
@@ -308,16 +311,20 @@ class ChatFormatter:
         A tool result goes with the call before it, as Ollama drops them: a result without its call would
         answer a question the model never asked. The fewest turns to drop is found by bisection, so a long
         conversation is rendered a logarithmic number of times, not once per dropped turn (a prompt only
-        shrinks as turns go). Raises PromptTooLong when it does not fit and the request forbids truncating.
+        shrinks as turns go). Raises PromptTooLong when it is longer than the context and the request forbids
+        truncating.
         """
         messages = list(chat.messages)
         first = _render_tokens(render, tokenize, messages)
+        if not chat.truncate:
+            try:
+                PromptTooLong.check(len(first[1]), num_ctx)
+            except PromptTooLong:
+                first[0].close()
+                raise
+            return first
         if len(first[1]) < num_ctx:
             return first
-        if not chat.truncate:
-            first[0].close()
-            raise PromptTooLong(f"the prompt ({len(first[1])} tokens) is longer than the context length "
-                                f"({num_ctx})")
         turns = _droppable_turns(messages)
         if not turns:
             return first  # only system messages and the last one: the runner cuts tokens
@@ -391,8 +398,8 @@ class ChatFormatter:
         except TemplateError as exc:
             raise ValueError(f"cannot render the prompt with the model's template: {exc}") from None
         tokens = self.model.vocab.tokenize(text, add_special=True, parse_special=True)
-        if len(tokens) >= num_ctx and not chat.truncate:
-            raise PromptTooLong(f"the prompt ({len(tokens)} tokens) is longer than the context length ({num_ctx})")
+        if not chat.truncate:
+            PromptTooLong.check(len(tokens), num_ctx)
         request = GenerationRequest(
             id=chat.id, prompt=tuple(tokens), sampling=chat.sampling, grammar=self.grammar(chat.format),
             truncate=chat.truncate, logprobs=chat.logprobs, top_logprobs=chat.top_logprobs)

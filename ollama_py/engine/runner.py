@@ -94,14 +94,17 @@ def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool,
     while prefilling, dropping half of what follows `num_keep`: the same
     prompt is cut here at once to `num_keep` plus half of the rest. Without
     shifting the answer has only the room the prompt leaves, so the prompt is
-    cut to three quarters of the context, as llama-server does.
+    cut to three quarters of the context, as llama-server does. Without
+    truncating, a prompt that exactly fills the context still runs (its answer
+    then shifts or stops at "length"), as Ollama's runner refuses only a longer one.
     """
     if not prompt:
         raise ValueError("the prompt has no tokens")
+    if not truncate:
+        PromptTooLong.check(len(prompt), num_ctx)
+        return prompt, False
     if len(prompt) < num_ctx:
         return prompt, False
-    if not truncate:
-        raise PromptTooLong(f"the prompt ({len(prompt)} tokens) is longer than the context length ({num_ctx})")
     if shift:
         keep = min(max(num_keep, 0), num_ctx - 1)
         target = keep + (num_ctx - keep) // 2

@@ -31,6 +31,12 @@ class EngineError(Exception):
 class PromptTooLong(ValueError):
     """The prompt does not fit the context and truncation was not allowed (a 400 for the API)."""
 
+    @classmethod
+    def check(cls, tokens: int, num_ctx: int) -> None:
+        """Refuses, in Ollama's words, a prompt longer than the context; one that exactly fills it may run."""
+        if tokens > num_ctx:
+            raise cls(f"the input length exceeds the context length ({tokens} tokens, context {num_ctx})")
+
 
 class Sampling(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Ollama's sampling options with Ollama's defaults (api/types.go DefaultOptions).

@@ -178,7 +178,8 @@ async def admit(request: web.Request, model: ResolvedModel, chat_request: ChatRe
         bounds.schema(settings, tool, "tools")
     extra = (prompt.text, prompt.system, prompt.suffix) if prompt is not None else ()
     bounds.text(settings, chat_request.messages, chat_request.template, *extra)
-    await blocking(models.require, model, *needs(chat_request, prompt))
+    await blocking(functools.partial(models.require, route="chat" if prompt is None else "generate"), model,
+                   *needs(chat_request, prompt))
     pictures = [*images.of_messages(chat_request.messages),
                 *((f"images[{k}]", text) for k, text in enumerate(prompt.images if prompt is not None else ()))]
     if pictures:

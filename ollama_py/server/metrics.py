@@ -43,6 +43,11 @@ class _EngineCollector(Collector):
                                   labels=["model"])
         kv = GaugeMetricFamily(f"{_PREFIX}_kv_cache_usage_perc",
                                "Share of the KV cache holding tokens (0 to 1)", labels=["model"])
+        saved = GaugeMetricFamily(f"{_PREFIX}_prompt_cache_states",
+                                  "Prompt states kept in host RAM beyond the slots, for later requests to restore",
+                                  labels=["model"])
+        saved_bytes = GaugeMetricFamily(f"{_PREFIX}_prompt_cache_bytes",
+                                        "Host RAM the prompt states beyond the slots take", labels=["model"])
         entries = engine.loaded()
         queued = engine.waiting
         for entry in entries:
@@ -52,12 +57,14 @@ class _EngineCollector(Collector):
             busy.add_metric(label, stats.slots_busy)
             total.add_metric(label, stats.slots_total)
             kv.add_metric(label, stats.kv_tokens / stats.kv_capacity if stats.kv_capacity else 0.0)
+            saved.add_metric(label, stats.cache_states)
+            saved_bytes.add_metric(label, stats.cache_bytes)
         waiting.add_metric([], queued)
         loaded.add_metric([], len(entries))
         failures = CounterMetricFamily(f"{_PREFIX}_runner_failures",
                                        "Runner processes that died or were stopped by their watchdog")
         failures.add_metric([], engine.runner_failures)
-        yield from (waiting, loaded, busy, total, kv, failures)
+        yield from (waiting, loaded, busy, total, kv, saved, saved_bytes, failures)
 
 
 class _Throughput(Collector):

@@ -184,12 +184,16 @@ def context_length(model: ResolvedModel) -> int:
     return _facts(model)[2]
 
 
-def require(model: ResolvedModel, *needs: str) -> None:
+def require(model: ResolvedModel, *needs: str, route: str = "generate") -> None:
     """Ollama's CheckCapabilities: refuses (400) what the model cannot do, naming the model as it was asked for.
 
+    A model that cannot complete at all (an embedding model) is refused in Ollama's words for the route asked
+    of it, `"NAME" does not support generate` or `chat`, the name quoted as Go's %q quotes it.
     Blocking (reads the GGUF's header once per file): run it in a thread.
     """
     able = capabilities(model)
+    if "completion" in needs and "completion" not in able:
+        raise BadRequest(f"{msgspec.json.encode(model.asked).decode()} does not support {route}")
     missing = [need for need in needs if need not in able]
     if missing:
         raise BadRequest(f"{model.asked} does not support {', '.join(missing)}")

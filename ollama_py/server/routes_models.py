@@ -195,9 +195,33 @@ def _ggufs(store: Store, field: str, files: dict[str, str] | None) -> list[Path]
     paths = []
     for filename, digest in (files or {}).items():
         if not filename.lower().endswith(".gguf"):
-            raise codec.BadRequest(f"{field}: {filename}: only GGUF files are supported (convert safetensors first)")
+            raise codec.BadRequest(f"{field}: {filename}: only GGUF files, or a safetensors model's files "
+                                   "(.safetensors weights, config.json, tokenizer.json), are supported")
         paths.append(_blob_file(store, field, filename, digest))
     return paths
+
+
+def _is_safetensors_model(files: dict[str, str] | None) -> bool:
+    """Files that are a Hugging Face model folder, as Ollama tells them: any safetensors weights among them."""
+    return any(name.lower().endswith(".safetensors") for name in files or {})
+
+
+def _safetensors_files(store: Store, files: dict[str, str]) -> dict[str, Path]:
+    """Each file of the folder (its path inside the folder) and the uploaded blob that holds it."""
+    named = {PurePosixPath(name.replace("\\", "/")).as_posix(): _blob_file(store, "files", name, digest)
+             for name, digest in files.items()}
+    if "config.json" not in named:
+        raise codec.BadRequest("files: a safetensors model needs its config.json")
+    return named
+
+
+def _link_folder(files: dict[str, Path], folder: Path) -> Path:
+    """The model folder the converter reads, made of links to the blobs (nothing is copied)."""
+    for name, blob in files.items():
+        link = folder / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    return folder
 
 
 def _parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
@@ -216,12 +240,21 @@ def _parameters(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+# Where a safetensors model's files are linked, inside the create's own empty folder; FROM names it.
+SAFETENSORS_FOLDER = "files"
+
+
 def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
-    """The request as the Modelfile the store builds from; FROM is a model name or an uploaded blob, never a path."""
-    # One model, from `from` or a file; any other file must be a projector (the store checks which is which).
-    weights = [str(w) for w in _ggufs(store, "files", req.files)]
+    """The request as the Modelfile the store builds from; FROM is a model name, an uploaded blob or the folder of
+    a safetensors model's uploaded files (linked into the create's folder when it runs), never a user's path."""
+    # One model, from `from`, a GGUF file or a safetensors model's files; any other GGUF file must be a projector
+    # (the store checks which is which).
+    safetensors = not req.from_ and _is_safetensors_model(req.files)
+    weights = [] if safetensors else [str(w) for w in _ggufs(store, "files", req.files)]
     if req.from_:
         from_, projectors = str(models.parse_name(req.from_)), weights
+    elif safetensors:
+        from_, projectors = SAFETENSORS_FOLDER, []
     elif weights:
         from_, projectors = weights[0], weights[1:]
     else:
@@ -253,13 +286,18 @@ async def create_model(request: web.Request) -> web.StreamResponse:
     record(request).model = name.display()
     svc = services(request)
     modelfile = await asyncio.to_thread(_modelfile, svc.store, req)
+    folder = (await asyncio.to_thread(_safetensors_files, svc.store, req.files or {})
+              if not req.from_ and _is_safetensors_model(req.files) else None)
 
     def work(progress: Progress, cancel: threading.Event) -> ModelName:
         def pull(base: ModelName, relay: Progress | None) -> None:
             _pull(svc.store, svc.settings, base, _on_this_machine(base.host), relay or progress, cancel)
 
-        # An empty folder as the Modelfile's folder: nothing the request names can be a local file.
+        # An empty folder as the Modelfile's folder: nothing the request names can be a local file, but the
+        # safetensors files it uploaded.
         with tempfile.TemporaryDirectory() as empty:
+            if folder is not None:
+                _link_folder(folder, Path(empty) / SAFETENSORS_FOLDER)
             return create.create(svc.store, name, modelfile, base_dir=Path(empty), progress=progress,
                                  resolve_default=svc.settings, pull=pull, quantize=req.quantize or req.quantization,
                                  cancel=cancel)
