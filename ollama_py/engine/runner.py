@@ -256,8 +256,9 @@ class Runner:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._can_shift = self._ctx.can_shift()
-        # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py).
-        self._draft_max = options.draft_max if options.draft_max > 0 and self._exact_drafts() else 0
+        # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py);
+        # the runner thread checks that before its first step.
+        self._draft_max = options.draft_max
         self._drafted = 0
         self._accepted = 0
         ram = auto_ram_bytes() if options.cache_ram < 0 else options.cache_ram
@@ -357,6 +358,11 @@ class Runner:
         outbox: list[tuple[_Stream, Event | Failed]] = []
         reason = "the model runner stopped"
         try:
+            # Every decode runs on this thread: ggml's OpenMP keeps a team of threads per thread that
+            # computed a graph, and a second team (the constructing thread's) made every later step of the
+            # process twice as slow on two cores.
+            if self._draft_max and not self._exact_drafts():
+                self._draft_max = 0
             with Batch(self._capacity, 1) as batch:
                 while self._take_inbox(outbox):
                     self._admit()
