@@ -97,8 +97,9 @@ class _Hosted:
                 opts = self.load.runner
                 self.embedder = Embedder(self.model, num_ctx=opts.num_ctx, max_inputs=opts.num_parallel,
                                          num_thread=opts.num_thread)
-        result = self.embedder.embed(message.inputs, truncate=message.truncate, dimensions=message.dimensions,
-                                     cancelled=cancelled)
+        embedder = self.embedder
+        result = self.runner.call(lambda: embedder.embed(message.inputs, truncate=message.truncate,
+                                                         dimensions=message.dimensions, cancelled=cancelled))
         return wire.Embedded(call=message.call, embeddings=result.embeddings,
                              prompt_eval_count=result.prompt_eval_count, total_duration=result.total_duration)
 

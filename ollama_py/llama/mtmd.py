@@ -154,6 +154,9 @@ class Projector(Handle):
         self._marker_c = self.marker.encode()
         params.media_marker = self._marker_c
         params.print_timings = False
+        # A warm-up computes a graph on the loading thread, and each thread that computes keeps a team of
+        # OpenMP threads that slows the runner's steps (Runner.call): the first image allocates instead.
+        params.warmup = False
         if n_threads > 0:
             params.n_threads = n_threads
         ptr = m.mtmd_init_from_file(str(path).encode(), model.ptr, params)
