@@ -55,6 +55,9 @@ def test_fitting_drops_what_one_at_a_time_drops_in_few_renders(formatter: ChatFo
     template = parse_template(CHATML)
     renders = 0
 
+    def tokenize(text: str) -> list[int]:
+        return formatter.model.vocab.tokenize(text, add_special=True, parse_special=True)
+
     def render(messages: list[dict[str, Any]]) -> RenderedPrompt:
         nonlocal renders
         renders += 1
@@ -64,11 +67,11 @@ def test_fitting_drops_what_one_at_a_time_drops_in_few_renders(formatter: ChatFo
         messages = conversation(n)
         expected = one_at_a_time(formatter, messages, num_ctx, render)
         renders = 0
-        _, prompt = formatter._fit(ChatRequest(id="fit", messages=tuple(messages)), num_ctx, render)
+        _, prompt = formatter._fit(ChatRequest(id="fit", messages=tuple(messages)), num_ctx, render, tokenize)
         assert prompt == expected
     messages = conversation(700)  # 2,100 messages
     renders = 0
-    _, prompt = formatter._fit(ChatRequest(id="fit", messages=tuple(messages)), 256, render)
+    _, prompt = formatter._fit(ChatRequest(id="fit", messages=tuple(messages)), 256, render, tokenize)
     assert len(prompt) < 256
     assert renders <= 2 + (len(messages)).bit_length()
 
