@@ -4,7 +4,6 @@ per token, and the defaults llama-server runs with."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import json
 import math
@@ -19,7 +18,7 @@ from ollama_py.engine.answer_stream import GoAnswer
 from ollama_py.engine.chat import grammar_for_format
 from ollama_py.engine.goprompt import RenderedPrompt
 from ollama_py.engine.runner import Runner, RunnerOptions
-from ollama_py.engine.types import Done, GenerationRequest, Logprob, Sampling, Token
+from ollama_py.engine.types import GenerationRequest, Sampling
 from ollama_py.llama import capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions, physical_cores
@@ -28,6 +27,7 @@ from ollama_py.llama.model import Model
 from ollama_py.llama.oneshot import generate_tokens
 from ollama_py.llama.sampler import Grammar, SamplerChain, SamplerConfig
 from ollama_py.llama.shim import json_schema_to_grammar
+from tests.runner_harness import collect
 
 QUESTIONS = ["Write a poem about the sea.", "What is the capital of France?", "Explain gravity to a child.",
              "List three fruits.", "Tell me a joke about cats.", "How do computers work?"]
@@ -45,22 +45,6 @@ def chat_prompt(model: Model, question: str) -> tuple[int, ...]:
 def runner(model: Model) -> Iterator[Runner]:
     with Runner(model, RunnerOptions(num_ctx=512, num_parallel=8, num_batch=64)) as r:
         yield r
-
-
-async def collect(runner: Runner, request: GenerationRequest) -> tuple[list[int], str, list[Logprob]]:
-    tokens: list[int] = []
-    text: list[str] = []
-    logprobs: list[Logprob] = []
-    async with contextlib.aclosing(runner.submit(request)) as events:
-        async for event in events:
-            text.append(event.text)
-            if isinstance(event, Token):
-                tokens.append(event.token)
-                if event.logprob is not None:
-                    logprobs.append(event.logprob)
-            else:
-                assert isinstance(event, Done)
-    return tokens, "".join(text), logprobs
 
 
 def test_greedy_grammar_by_rejection_picks_what_grammar_first_picks(model: Model, ctx: Context) -> None:
@@ -126,7 +110,7 @@ def test_logprobs_in_c_are_the_log_softmax_of_the_logits(model: Model, ctx: Cont
 async def test_logprobs_from_the_runner_rank_the_greedy_choice_first(model: Model, runner: Runner) -> None:
     request = GenerationRequest(id="lp", prompt=chat_prompt(model, QUESTIONS[1]), sampling=GREEDY,
                                 logprobs=True, top_logprobs=3)
-    tokens, _, logprobs = await collect(runner, request)
+    tokens, _, logprobs, _ = await collect(runner, request)
     assert len(logprobs) == len(tokens) > 0
     for lp in logprobs:
         assert len(lp.top_logprobs) == 3 and lp.logprob <= 0
@@ -186,7 +170,7 @@ def test_defaults_are_llama_servers(model: Model) -> None:
     assert ContextOptions().flash_attn == capi.FLASH_ATTN_AUTO
     with Runner(model, RunnerOptions(num_ctx=256, num_parallel=2, num_batch=64, kv_cache_type="q8_0")) as r:
         assert r._ctx.n_batch > r._ctx.options.n_ubatch == 64
-        tokens, text, _ = asyncio.run(collect(r, GenerationRequest(
+        tokens, text, _, _ = asyncio.run(collect(r, GenerationRequest(
             id="q8", prompt=chat_prompt(model, QUESTIONS[1]), sampling=GREEDY)))
         assert tokens and "Paris" in text
 

@@ -9,7 +9,6 @@ cannot pass by speculation never running).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ from ollama_py import settings
 from ollama_py.engine.chat import grammar_for_format
 from ollama_py.engine.runner import Runner, RunnerOptions
 from ollama_py.engine.speculative import Drafter
-from ollama_py.engine.types import Done, GenerationRequest, Logprob, Sampling, Token
+from ollama_py.engine.types import GenerationRequest, Sampling
 from ollama_py.llama.model import Model
+from tests.runner_harness import collect
 
 PASSAGE = ("The lighthouse stood on the northern cliff for two hundred years. Every night its keeper climbed "
            "the one hundred and twelve steps to light the lamp, and every morning he wrote the weather in a "
@@ -50,24 +50,6 @@ def plain(model: Model) -> Iterator[Runner]:
 def drafting(model: Model) -> Iterator[Runner]:
     with Runner(model, OPTIONS) as runner:
         yield runner
-
-
-async def collect(runner: Runner, request: GenerationRequest) -> tuple[list[int], str, list[Logprob], Done]:
-    tokens: list[int] = []
-    text: list[str] = []
-    logprobs: list[Logprob] = []
-    done: Done | None = None
-    async with contextlib.aclosing(runner.submit(request)) as events:
-        async for event in events:
-            text.append(event.text)
-            if isinstance(event, Token):
-                tokens.append(event.token)
-                if event.logprob is not None:
-                    logprobs.append(event.logprob)
-            else:
-                done = event
-    assert done is not None
-    return tokens, "".join(text), logprobs, done
 
 
 def both(plain: Runner, drafting: Runner, request: GenerationRequest) -> tuple[tuple, tuple, int, int]:

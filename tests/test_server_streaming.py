@@ -7,8 +7,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from ollama_py.server.middleware import errors, observe
 from ollama_py.server.services import SERVICES, Services, listing_executor
 from ollama_py.settings import Settings
 from ollama_py.store.manifests import Store
-from tests.server_harness import GUARD, MODEL, default_store, live_server, server_settings, wait_for
+from tests.server_harness import GUARD, MODEL, default_store, live_server, server_settings, start_serve, wait_for
 
 
 def failing_app(root: Path) -> web.Application:
@@ -152,23 +150,9 @@ def test_sigterm_lets_streams_end_within_the_bound_and_exits_cleanly(tmp_path: P
     port = free_port()
     env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path),
            "OLLAMA_PY_CACHE": str(settings.load().cache), "OLLAMA_NUM_PARALLEL": "1"}
-    # The log goes to a file: a pipe nobody reads until the end fills up and
-    # blocks the server mid-shutdown.
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen([sys.executable, "-m", "ollama_py.cli.main", "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=log_file)
+    server, url = start_serve(env, log_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert server.poll() is None, f"the server exited:\n{log_path.read_text(errors='replace')[-3000:]}"
-            try:
-                return httpx.get(f"{url}/health", timeout=GUARD).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, "the server does not answer /health")
         body = {"model": MODEL, "prompt": "Tell me a very long story.",
                 "options": {"num_ctx": 8192, "num_predict": -1, "temperature": 1.0}}
         with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=GUARD) as response:
