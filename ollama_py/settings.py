@@ -151,6 +151,7 @@ class Settings:
     prompt_cache_dir: str = ""
     prompt_cache_disk: int = 10240
     draft_max: int = 16
+    cached_first: int = 4
 
 
 # field -> (environment variable, parser, description)
@@ -255,6 +256,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
                   "most tokens a greedy or low-temperature answer drafts per step by looking up its last tokens "
                   "earlier in its prompt and answer (speculative decoding; on only where it is exact, checked at load); "
                   "0: off"),
+    "cached_first": ("OLLAMA_PY_CACHED_FIRST", _int,
+                     "under a queue, a request with more of its prompt cached (a conversation coming back) takes "
+                     "a free slot before older ones, each of which it may pass at most this many rounds of the "
+                     "slots (times OLLAMA_NUM_PARALLEL); 0: oldest first, as Ollama"),
 }
 # Values never logged or shown.
 SECRETS = frozenset({"api_keys", "api_key", "registry_credentials", "hf_token"})
@@ -306,6 +311,9 @@ def load(environ: Mapping[str, str] | None = None, *, overrides: Mapping[str, st
         raise SettingsError(f"OLLAMA_KV_CACHE_TYPE={settings.kv_cache_type!r}: expected f16, q8_0 or q4_0")
     if settings.draft_max < 0:
         raise SettingsError(f"OLLAMA_PY_DRAFT_MAX={settings.draft_max}: expected a number of tokens, 0 (off) or more")
+    if settings.cached_first < 0:
+        raise SettingsError(f"OLLAMA_PY_CACHED_FIRST={settings.cached_first}: expected a number of rounds, 0 (off) "
+                            "or more")
     if settings.listing_threads < 1:
         raise SettingsError(f"OLLAMA_PY_LISTING_THREADS={settings.listing_threads}: expected at least 1")
     return settings

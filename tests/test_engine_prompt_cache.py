@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -14,7 +15,14 @@ import pytest
 from ollama_py import settings
 from ollama_py.engine.prompt_cache import DiskCache, SavedState
 from ollama_py.engine.runner import Runner, RunnerOptions
-from ollama_py.engine.types import Done, DoneReason, GenerationRequest, Sampling, Token
+from ollama_py.engine.types import (
+    Done,
+    DoneReason,
+    GenerationRequest,
+    Grammar,
+    Sampling,
+    Token,
+)
 from ollama_py.llama.model import Model
 from tests.server_harness import default_store, live_server, server_settings
 
@@ -112,6 +120,42 @@ async def test_disk_tier_turn_two_after_a_restart_evaluates_only_new_tokens(
     assert "payload does not match its checksum" in caplog.text
     assert fresh.done.prompt_cached == 0 and fresh.done.prompt_eval_count == len(second)
     assert fresh.tokens
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cached_first, expected", [(0, ["new", "back", "back"]), (1, ["back", "new", "back"])])
+async def test_a_returning_conversation_goes_first_but_passes_each_request_a_bounded_number_of_times(
+        model: Model, cached_first: int, expected: list[str]) -> None:
+    """One slot, busy; a new conversation waits, then two come back. With `cached_first` the first to come
+    back goes first, reusing its saved state, but passes the new one only once: then the new one's turn."""
+    firsts = [prompt_of(model, "Do you sell rye bread?"), prompt_of(model, "Do you bake cakes to order?")]
+    with Runner(model, options(cache_ram=64 << 20, cached_first=cached_first)) as runner:
+        returning = []
+        for first in firsts:
+            answer = await run(runner, first)
+            returning.append(first + tuple(answer.tokens) + follow_up(model, "How much is it?"))
+        # Holds the slot until cancelled: the grammar allows no end for hundreds of tokens.
+        busy = runner.submit(GenerationRequest(id="busy", prompt=prompt_of(model, "Spell a long word."),
+                                               sampling=Sampling(temperature=0, num_predict=-1),
+                                               grammar=Grammar(gbnf="root ::= [a-z]{2000}")))
+        await anext(busy)
+        finished: list[tuple[str, Result]] = []
+
+        async def request(label: str, prompt: tuple[int, ...]) -> None:
+            finished.append((label, await run(runner, prompt)))
+
+        waiting = [asyncio.create_task(request("new", prompt_of(model, "When do you open on Sunday?"))),
+                   asyncio.create_task(request("back 1", returning[0])),
+                   asyncio.create_task(request("back 2", returning[1]))]
+        while runner.stats().waiting < len(waiting):
+            await asyncio.sleep(0.01)
+        await busy.aclose()
+        await asyncio.gather(*waiting)
+    assert [label.split()[0] for label, _ in finished] == expected
+    for label, result in finished:
+        if label.startswith("back"):  # the state its first turn left in RAM, whichever order it ran in
+            prompt = returning[int(label[-1]) - 1]
+            assert result.done.prompt_cached > len(prompt) - len(follow_up(model, "How much is it?")) - 2
 
 
 def _written(directory: Path, key: dict[str, object]) -> Path:

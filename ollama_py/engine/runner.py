@@ -85,6 +85,9 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cache_disk: int = 10 << 30  # bytes that directory may hold for this model and these options
     # Most tokens a generating slot drafts per step by prompt lookup (engine/speculative.py); 0: none.
     draft_max: int = 16
+    # How many later requests may take a slot before a waiting one because more of their prompts is cached
+    # (a conversation coming back); 0: strictly oldest first, as Ollama.
+    cached_first: int = 0
 
 
 def fit_prompt(prompt: list[int], num_ctx: int, num_keep: int, truncate: bool,
@@ -140,7 +143,7 @@ class RunnerStats:
     accepted: int = 0  # of those, tokens the samplers confirmed
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Submit:
     request: GenerationRequest
     stream: _Stream
@@ -148,6 +151,7 @@ class _Submit:
     truncated: bool
     restored: SavedState | None = None  # read from the disk tier for this request
     disk_checked: bool = False
+    passed: int = 0  # later requests admitted before this one (RunnerOptions.cached_first bounds it)
 
 
 @dataclass(frozen=True)
@@ -459,7 +463,8 @@ class Runner:
                 return
 
     def _admit(self) -> None:
-        """Gives waiting requests, oldest first, a free slot holding the longest start of their prompt.
+        """Gives waiting requests (`_next_waiting` says which first) a free slot holding the longest start of
+        their prompt.
 
         That start is what the best free slot holds, or a saved state restored into the least recently used
         free slot when it holds more. A state on disk is read on the disk tier's thread while its request
@@ -469,7 +474,7 @@ class Runner:
             free = [s for s in self._slots if s.job is None]
             if not free:
                 return
-            submit = self._waiting.popleft()
+            submit = self._next_waiting(free)
             prompt = submit.request.prompt
             slot = max(free, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
             in_slot = common_prefix(slot.cache, prompt)
@@ -512,6 +517,35 @@ class Runner:
                             stops=StopMatcher(request.sampling.stop), gate=gate)
             slot.keep = min(max(request.sampling.num_keep, 0), self.num_ctx - 1)
             log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
+
+    def _next_waiting(self, free: list[_Slot]) -> _Submit:
+        """Takes the waiting request with the most of its prompt cached (in a free slot or saved in RAM), the
+        oldest of those that tie; a request that later ones passed `cached_first` times is not passed again.
+
+        Under a queue, a conversation coming back then goes on before new ones start: its state is still
+        there to reuse, and its user waits for the next free slot instead of the whole queue
+        (SGLang's longest-prefix-match order, bounded so that nobody waits for ever).
+        """
+        bound = self.options.cached_first
+        best = 0
+        if bound > 0 and len(self._waiting) > 1:
+            most = -1
+            for index, submit in enumerate(self._waiting):
+                cached = self._cached(submit.request.prompt, free)
+                if cached > most:
+                    best, most = index, cached
+                if submit.passed >= bound:
+                    break  # due: nobody behind it goes first
+        submit = self._waiting[best]
+        del self._waiting[best]
+        for index in range(best):
+            self._waiting[index].passed += 1
+        return submit
+
+    def _cached(self, prompt: tuple[int, ...], free: list[_Slot]) -> int:
+        """How many leading tokens of `prompt` a free slot or a state saved in RAM holds."""
+        in_slots = max(common_prefix(s.cache, prompt) for s in free)
+        return max(in_slots, self._ram.longest(prompt)[1]) if self._ram is not None else in_slots
 
     def _save(self, slot: _Slot, kept: int) -> None:
         """Keeps in RAM what the slot holds when its next request keeps only `kept` tokens of it."""

@@ -232,7 +232,8 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
                            flash_attention=settings.flash_attention, kv_cache_type=settings.kv_cache_type,
                            cache_ram=settings.cache_ram << 20 if settings.cache_ram > 0 else settings.cache_ram,
                            cache_dir=settings.prompt_cache_dir, cache_disk=settings.prompt_cache_disk << 20,
-                           draft_max=settings.draft_max)
+                           draft_max=settings.draft_max,
+                           cached_first=settings.cached_first * settings.num_parallel)
     spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
                     template=jinja_template(model), adapters=model.adapters, projector=model.projector)
     sampling = Sampling()
