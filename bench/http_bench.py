@@ -18,6 +18,8 @@ answer comes whole from a prompt cache; greedy, max_tokens), and measures
   TTFT            = request sent -> first chunk with content, p50 over the round's streams
   CPU ms/token    = CPU time of the server's process session (the server and its runner
                     processes, from /proc) during the round / completion tokens
+  decode tok/s    = a stream's tokens after its first / time after its first, median over
+                    the round's streams: the decode alone, which speculation speeds up
 
 The servers take turns within each round, the first one rotating from round
 to round, so a change in the machine's load hits all of them alike. Reported:
@@ -311,8 +313,14 @@ async def run_round(session: aiohttp.ClientSession, server: Server, first: int, 
     return {"wall_s": wall, "tokens": tokens, "tps": tokens / wall,
             "cpu_s": cpu, "cpu_ms_per_token": cpu / tokens * 1e3,
             "ttft_p50_ms": statistics.median(r["ttft_s"] for r in results) * 1e3,
+            "decode_tps": statistics.median(decode_rate(r) for r in results),
             "short_streams": sum(r["completion_tokens"] < max_tokens for r in results),
             "load1": os.getloadavg()[0], "streams": results}
+
+
+def decode_rate(result: dict[str, Any]) -> float:
+    """A stream's tokens per second after its first: its decode alone, without the prompt's evaluation."""
+    return (result["completion_tokens"] - 1) / max(result["latency_s"] - result["ttft_s"], 1e-9)
 
 
 async def conversation(session: aiohttp.ClientSession, server: Server, n: int, turns: int,
@@ -437,6 +445,7 @@ def summarize(servers: list[Server]) -> dict[str, Any]:
         tps = [r["tps"] for r in s.rounds]
         out[s.label] = {"tps_median": statistics.median(tps), "tps_min": min(tps), "tps_max": max(tps),
                         "ttft_p50_ms_median": statistics.median(r["ttft_p50_ms"] for r in s.rounds),
+                        "decode_tps_median": statistics.median(r["decode_tps"] for r in s.rounds),
                         "cpu_ms_per_token_median": statistics.median(r["cpu_ms_per_token"] for r in s.rounds),
                         "tokens_per_round": statistics.median(r["tokens"] for r in s.rounds),
                         "short_streams": sum(r["short_streams"] for r in s.rounds)}
@@ -445,9 +454,12 @@ def summarize(servers: list[Server]) -> dict[str, Any]:
         if other is cand:
             continue
         paired = [a["tps"] / b["tps"] for a, b in zip(cand.rounds, other.rounds, strict=True)]
+        decode = [a["decode_tps"] / b["decode_tps"] for a, b in zip(cand.rounds, other.rounds, strict=True)]
         out[f"candidate/{other.label}"] = {
             "ratio_of_medians": out["candidate"]["tps_median"] / out[other.label]["tps_median"],
-            "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired)}
+            "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired),
+            "decode_ratio_of_medians": out["candidate"]["decode_tps_median"] / out[other.label]["decode_tps_median"],
+            "decode_paired_median": statistics.median(decode)}
     return out
 
 
@@ -455,7 +467,9 @@ def table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
     head = ["streams", *[f"{label} tok/s" for label in labels]]
     others = [label for label in labels if label != "candidate"]
     head += [f"**candidate / {label}**" for label in others]
-    head += ["TTFT p50 ms (" + " / ".join(labels) + ")", "CPU ms/token (" + " / ".join(labels) + ")"]
+    head += ["TTFT p50 ms (" + " / ".join(labels) + ")", "CPU ms/token (" + " / ".join(labels) + ")",
+             "decode tok/s a stream (" + " / ".join(labels) + ")"]
+    head += [f"decode candidate / {label}" for label in others]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for streams, summary in results.items():
         cells = [str(streams)]
@@ -468,6 +482,10 @@ def table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
                          f"{ratio['paired_min']:.2f}-{ratio['paired_max']:.2f})")
         cells.append(" / ".join(f"{summary[label]['ttft_p50_ms_median']:.0f}" for label in labels))
         cells.append(" / ".join(f"{summary[label]['cpu_ms_per_token_median']:.1f}" for label in labels))
+        cells.append(" / ".join(f"{summary[label]['decode_tps_median']:.1f}" for label in labels))
+        for label in others:
+            ratio = summary[f"candidate/{label}"]
+            cells.append(f"{ratio['decode_ratio_of_medians']:.3f} (paired {ratio['decode_paired_median']:.3f})")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
