@@ -151,6 +151,7 @@ class _Submit:
     truncated: bool
     restored: SavedState | None = None  # read from the disk tier for this request
     disk_checked: bool = False
+    cached: int = 0  # prompt tokens a slot or a saved state held when it came (with RunnerOptions.cached_first)
     passed: int = 0  # later requests admitted before this one (RunnerOptions.cached_first bounds it)
 
 
@@ -433,6 +434,8 @@ class Runner:
                 return True
             match message:
                 case _Submit():
+                    if self.options.cached_first:
+                        message.cached = self._cached(message.request.prompt)
                     self._waiting.append(message)
                 case _Loaded(submit, state):
                     if self._loading.pop(submit.stream, None) is not None:  # else cancelled meanwhile
@@ -474,7 +477,7 @@ class Runner:
             free = [s for s in self._slots if s.job is None]
             if not free:
                 return
-            submit = self._next_waiting(free)
+            submit = self._next_waiting()
             prompt = submit.request.prompt
             slot = max(free, key=lambda s: (common_prefix(s.cache, prompt), -s.last_used))
             in_slot = common_prefix(slot.cache, prompt)
@@ -518,22 +521,23 @@ class Runner:
             slot.keep = min(max(request.sampling.num_keep, 0), self.num_ctx - 1)
             log.debug("slot %d: %d prompt tokens, %d cached", slot.seq, len(prompt), keep)
 
-    def _next_waiting(self, free: list[_Slot]) -> _Submit:
-        """Takes the waiting request with the most of its prompt cached (in a free slot or saved in RAM), the
-        oldest of those that tie; a request that later ones passed `cached_first` times is not passed again.
+    def _next_waiting(self) -> _Submit:
+        """Takes the waiting request with the most of its prompt cached, the oldest of those that tie; a request
+        that later ones passed `cached_first` times is not passed again.
 
         Under a queue, a conversation coming back then goes on before new ones start: its state is still
         there to reuse, and its user waits for the next free slot instead of the whole queue
-        (SGLang's longest-prefix-match order, bounded so that nobody waits for ever).
+        (SGLang's longest-prefix-match order, bounded so that nobody waits for ever). How much is cached is
+        counted once, when a request comes, so choosing costs nothing however long the queue: a slot's
+        state stays cached when the slot is taken (saved to RAM), so the count goes stale only by eviction.
         """
         bound = self.options.cached_first
         best = 0
-        if bound > 0 and len(self._waiting) > 1:
+        if bound > 0:
             most = -1
             for index, submit in enumerate(self._waiting):
-                cached = self._cached(submit.request.prompt, free)
-                if cached > most:
-                    best, most = index, cached
+                if submit.cached > most:
+                    best, most = index, submit.cached
                 if submit.passed >= bound:
                     break  # due: nobody behind it goes first
         submit = self._waiting[best]
@@ -542,9 +546,9 @@ class Runner:
             self._waiting[index].passed += 1
         return submit
 
-    def _cached(self, prompt: tuple[int, ...], free: list[_Slot]) -> int:
-        """How many leading tokens of `prompt` a free slot or a state saved in RAM holds."""
-        in_slots = max(common_prefix(s.cache, prompt) for s in free)
+    def _cached(self, prompt: tuple[int, ...]) -> int:
+        """How many leading tokens of `prompt` a slot or a state saved in RAM holds."""
+        in_slots = max(common_prefix(s.cache, prompt) for s in self._slots)
         return max(in_slots, self._ram.longest(prompt)[1]) if self._ram is not None else in_slots
 
     def _save(self, slot: _Slot, kept: int) -> None:
