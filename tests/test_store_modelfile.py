@@ -86,7 +86,8 @@ def test_deprecated_parameters_are_dropped() -> None:
     ("FROM x\nMESSAGE user\n", 2, "needs a value"),
     ("FROM\n", 1, "FROM needs a value"),
     ("FROM x\nSYSTEM \"a\" trailing\n", 2, "unexpected text"),
-    ("FROM x\nDRAFT ./d.gguf\n", 2, "does not support"),
+    ("FROM x\nRENDERER qwen3\n", 2, "does not support"),
+    ("FROM x\nDRAFT a.gguf\nDRAFT b.gguf\n", 3, "one DRAFT"),
     ("FROM x\nADAPTER a\nADAPTER b\n", 3, "one ADAPTER"),
     ("FROM x\n!!! \n", 2, "unknown instruction"),
 ])

@@ -316,6 +316,9 @@ class CreateRequest(ModelRequest, kw_only=True, rename={"from_": "from"}):
     from_: str = ""  # a model in the store to build on
     files: dict[str, str] | None = None  # file name -> digest of a blob uploaded with POST /api/blobs
     adapters: dict[str, str] | None = None
+    # ollama-py's own (Ollama has none): a draft model for speculative decoding, a model name or one uploaded
+    # GGUF as `{file name: digest}`; the Modelfile's DRAFT.
+    draft: str | dict[str, str] | None = None
     template: str | None = None
     system: str | None = None
     license: str | list[str] | None = None

@@ -264,9 +264,21 @@ def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
             raise codec.BadRequest(f"messages: role must be one of {', '.join(MESSAGE_ROLES)}, not {message.role!r}")
     licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
     return Modelfile(from_=from_, projectors=projectors, parameters=_parameters(req.parameters),
-                     template=req.template, system=req.system,
+                     draft=_draft(store, req), template=req.template, system=req.system,
                      adapters=[str(p) for p in _ggufs(store, "adapters", req.adapters)], licenses=licenses,
                      messages=[Message(m.role, m.content) for m in req.messages or ()])
+
+
+def _draft(store: Store, req: native.CreateRequest) -> str | None:
+    """The DRAFT: a model name, or the one uploaded GGUF file named as `{file name: digest}`."""
+    if req.draft is None:
+        return None
+    if isinstance(req.draft, str):
+        return str(models.parse_name(req.draft))
+    files = _ggufs(store, "draft", req.draft)
+    if len(files) != 1:
+        raise codec.BadRequest(f"draft: expected one GGUF file, got {len(files)}")
+    return str(files[0])
 
 
 def _on_this_machine(host: str) -> bool:
