@@ -10,6 +10,8 @@ guesses a big one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +20,16 @@ import msgspec
 import pytest
 
 from ollama_py import settings
+from ollama_py.cli import models as cli_models
+from ollama_py.cli.client import BaseURL, Client, ResponseError
 from ollama_py.engine.runner import Runner, RunnerOptions
 from ollama_py.engine.types import GenerationRequest, Sampling
 from ollama_py.llama.model import Model
-from ollama_py.store import modelfile
-from tests import hostile_models
+from ollama_py.store import create, modelfile, names
+from ollama_py.store.create import CreateError
+from ollama_py.store.manifests import Store
+from ollama_py.store.modelfile import Modelfile
+from tests import fixtures_models, hostile_models
 from tests.runner_harness import collect
 from tests.server_harness import LiveServer
 
@@ -100,19 +107,18 @@ def test_concurrent_and_follow_up_requests_stay_identical(model: Model, plain: R
 
 
 def test_a_draft_with_another_vocabulary_is_refused_at_load(model: Model, model_path: Path) -> None:
-    with Model(other_vocabulary(model_path)) as other:
-        with pytest.raises(ValueError, match="vocabularies differ: token 300"):
-            Runner(model, OPTIONS, draft=other)
+    with (Model(other_vocabulary(model_path)) as other,
+          pytest.raises(ValueError, match="vocabularies differ: token 300")):
+        Runner(model, OPTIONS, draft=other)
 
 
 # ---- through the server: create, show, generate -------------------------------------------------------------
 
 
 def upload(http: httpx.Client, path: Path) -> str:
-    import hashlib
-    digest = "sha256:" + hashlib.file_digest(path.open("rb"), "sha256").hexdigest()
-    with path.open("rb") as f:
-        assert http.post(f"/api/blobs/{digest}", content=f.read()).status_code in (200, 201)
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http.post(f"/api/blobs/{digest}", content=data).status_code in (200, 201)
     return digest
 
 
@@ -137,6 +143,19 @@ def test_create_with_a_draft_show_it_and_generate_the_same_text(http: httpx.Clie
     assert sizes["drafted:latest"] > sizes["smollm2:135m"]  # the draft's weights count in what the model takes
 
 
+def test_cli_create_uploads_a_draft_file_and_refuses_another_vocabulary(http: httpx.Client, server: LiveServer,
+                                                                       model_path: Path, tmp_path: Path) -> None:
+    client = Client(BaseURL.parse(server.url))
+    (tmp_path / "draft.gguf").symlink_to(model_path)
+    (tmp_path / "other.gguf").symlink_to(other_vocabulary(model_path))
+    cli_models.create(client, "via-cli", modelfile.parse("FROM smollm2:135m\nDRAFT ./draft.gguf\n"), tmp_path)
+    shown = modelfile.parse(http.post("/api/show", json={"model": "via-cli"}).json()["modelfile"])
+    assert shown.draft is not None and Path(shown.draft).read_bytes()[:4] == b"GGUF"
+    with pytest.raises(ResponseError, match="DRAFT .*vocabularies differ"):
+        cli_models.create(client, "via-cli-other", modelfile.parse("FROM smollm2:135m\nDRAFT other.gguf\n"),
+                          tmp_path)
+
+
 def test_create_refuses_a_draft_with_another_vocabulary(http: httpx.Client, model_path: Path) -> None:
     digest = upload(http, other_vocabulary(model_path))
     refused = http.post("/api/create", json={"model": "mismatched", "from": "smollm2:135m",
@@ -146,10 +165,26 @@ def test_create_refuses_a_draft_with_another_vocabulary(http: httpx.Client, mode
     assert http.post("/api/show", json={"model": "mismatched"}).status_code == 404
 
 
-def test_create_refuses_a_draft_that_is_no_model(http: httpx.Client, server: LiveServer, tmp_path: Path) -> None:
+def test_create_refuses_a_draft_that_is_no_model(http: httpx.Client, tmp_path: Path) -> None:
     text = tmp_path / "notes.gguf"
     text.write_bytes(b"not a model at all\n" * 10)
     refused = http.post("/api/create", json={"model": "bad", "from": "smollm2:135m",
                                               "draft": {"notes.gguf": upload(http, text)}, "stream": False})
     assert refused.status_code == 400 and "DRAFT" in refused.json()["error"]
     assert "not a usable GGUF" in refused.json()["error"]
+
+
+@pytest.mark.parametrize(("kind", "says"), [("projector", "vision projector"), ("adapter", "LoRA adapter"),
+                                            ("embedding", "embedding model")])
+def test_create_refuses_a_draft_that_generates_no_text(kind: str, says: str, model_path: Path,
+                                                        tmp_path: Path) -> None:
+    cache = settings.load().cache
+    draft = {"projector": lambda: fixtures_models.projector(cache),
+             "adapter": lambda: fixtures_models.lora_adapter(cache),
+             "embedding": lambda: hostile_models.rewrite(model_path, tmp_path / "embedding.gguf", {
+                 "llama.pooling_type": hostile_models.u32(1), "tokenizer.chat_template": None})}[kind]()
+    store = Store.from_settings(dataclasses.replace(settings.load(), models=tmp_path / "store", noprune=False))
+    with pytest.raises(CreateError, match=f"DRAFT .*{says}"):
+        create.create(store, names.parse("refused"), Modelfile(from_=str(model_path), draft=str(draft)),
+                      base_dir=tmp_path)
+    assert not store.models()

@@ -110,3 +110,10 @@ def test_a_second_from_is_a_projector_and_renders_back() -> None:
     parsed = modelfile.parse("FROM ./model.gguf\nFROM ./mmproj.gguf\n")
     assert (parsed.from_, parsed.projectors) == ("./model.gguf", ["./mmproj.gguf"])
     assert modelfile.parse(modelfile.render(parsed)).projectors == ["./mmproj.gguf"]
+
+
+def test_draft_names_a_draft_model_and_renders_back() -> None:
+    parsed = modelfile.parse("FROM smollm2:135m\ndraft ./small model.gguf\n")
+    assert parsed.draft == "./small model.gguf"
+    assert "DRAFT ./small model.gguf\n" in modelfile.render(parsed)
+    assert modelfile.parse(modelfile.render(parsed)) == parsed

@@ -43,7 +43,8 @@ def vocab_facts(vocab: Vocab) -> vocab_match.VocabFacts:
 class DraftModel:
     """The draft model's context, and the tokens each of its sequences holds (one sequence per slot)."""
 
-    def __init__(self, model: Model, target: Model, *, num_ctx: int, num_parallel: int, options: ContextOptions) -> None:
+    def __init__(self, model: Model, target: Model, *, num_ctx: int, num_parallel: int,
+                 options: ContextOptions) -> None:
         """`options` are the target's context options; the draft takes its threads, attention and cache types.
         ValueError when the draft's tokens do not mean what the target's do."""
         reason = vocab_match.mismatch(vocab_facts(target.vocab), vocab_facts(model.vocab))

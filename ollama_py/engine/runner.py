@@ -26,6 +26,7 @@ from typing import TypeVar
 import msgspec
 
 from ollama_py.engine import vision
+from ollama_py.engine.draft_model import DraftModel
 from ollama_py.engine.prompt_cache import (
     MIN_TOKENS,
     DiskCache,
@@ -36,7 +37,6 @@ from ollama_py.engine.prompt_cache import (
     model_digest,
 )
 from ollama_py.engine.sampling import ReasoningGate, sampler_config, worth_drafting
-from ollama_py.engine.draft_model import DraftModel
 from ollama_py.engine.speculative import Drafter, DraftSource, batch_invariant
 from ollama_py.engine.stops import StopMatcher, TokenText
 from ollama_py.engine.types import (

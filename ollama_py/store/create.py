@@ -27,8 +27,8 @@ from ollama_py.store import convert, default_model, gguf, library, names, vocab_
 from ollama_py.store import quantize as quantizing
 from ollama_py.store.blobs import check_digest
 from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_DRAFT, MEDIA_LICENSE, MEDIA_MESSAGES,
-                                       MEDIA_MODEL, MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_TEMPLATE,
-                                       Layer, Manifest, ModelConfig, ModelNotFoundError, RootFS, Store)
+                                       MEDIA_MODEL, MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM,
+                                       MEDIA_TEMPLATE, Layer, Manifest, ModelConfig, ModelNotFoundError, RootFS, Store)
 from ollama_py.store.modelfile import Message, Modelfile, ParamValue
 from ollama_py.store.names import ModelName
 
