@@ -159,7 +159,7 @@ def test_cli_create_uploads_a_draft_file_and_refuses_another_vocabulary(http: ht
 def test_create_refuses_a_draft_with_another_vocabulary(http: httpx.Client, model_path: Path) -> None:
     digest = upload(http, other_vocabulary(model_path))
     refused = http.post("/api/create", json={"model": "mismatched", "from": "smollm2:135m",
-                                              "draft": {"other.gguf": digest}, "stream": False})
+                                              "draft_files": {"other.gguf": digest}, "stream": False})
     assert refused.status_code == 400
     assert "vocabularies differ" in refused.json()["error"] and "token 300" in refused.json()["error"]
     assert http.post("/api/show", json={"model": "mismatched"}).status_code == 404
@@ -169,7 +169,7 @@ def test_create_refuses_a_draft_that_is_no_model(http: httpx.Client, tmp_path: P
     text = tmp_path / "notes.gguf"
     text.write_bytes(b"not a model at all\n" * 10)
     refused = http.post("/api/create", json={"model": "bad", "from": "smollm2:135m",
-                                              "draft": {"notes.gguf": upload(http, text)}, "stream": False})
+                                              "draft_files": {"notes.gguf": upload(http, text)}, "stream": False})
     assert refused.status_code == 400 and "DRAFT" in refused.json()["error"]
     assert "not a usable GGUF" in refused.json()["error"]
 

@@ -270,14 +270,16 @@ def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
 
 
 def _draft(store: Store, req: native.CreateRequest) -> str | None:
-    """The DRAFT: a model name, or the one uploaded GGUF file named as `{file name: digest}`."""
-    if req.draft is None:
-        return None
-    if isinstance(req.draft, str):
+    """The DRAFT: the one uploaded GGUF file of `draft_files`, or the model `draft` names."""
+    if req.draft and req.draft_files:
+        raise codec.BadRequest("give a draft model in draft_files or draft, not both")
+    if req.draft:
         return str(models.parse_name(req.draft))
-    files = _ggufs(store, "draft", req.draft)
+    if not req.draft_files:
+        return None
+    files = _ggufs(store, "draft_files", req.draft_files)
     if len(files) != 1:
-        raise codec.BadRequest(f"draft: expected one GGUF file, got {len(files)}")
+        raise codec.BadRequest(f"draft_files: expected one GGUF file, got {len(files)}")
     return str(files[0])
 
 

@@ -8,9 +8,9 @@ Where Ollama quietly accepts a mistake (text after a closing quote), we
 report it with its line number instead. A second FROM is no mistake: it
 names a vision model's projector, and the store checks that it is one.
 
-DRAFT is ollama-py's own (Ollama has none; llama-server's `--model-draft`):
-a smaller model with the same vocabulary, named by model name or GGUF path,
-that proposes tokens for the model to verify (engine/draft_model.py).
+DRAFT names a smaller model with the same vocabulary that proposes tokens
+for the model to verify (engine/draft_model.py; llama-server's
+`--model-draft`): a GGUF path, as Ollama takes it, or a model name.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Modelfile(msgspec.Struct, kw_only=True):
     adapters: list[str] = msgspec.field(default_factory=list)
     licenses: list[str] = msgspec.field(default_factory=list)
     messages: list[Message] = msgspec.field(default_factory=list)
-    # A draft model for speculative decoding: a model name or a GGUF path (ollama-py's own instruction).
+    # A draft model for speculative decoding: a GGUF path, or (ollama-py's own) a model name.
     draft: str | None = None
 
 
