@@ -10,7 +10,11 @@ tokens, a refused draft's tail removed). Its guesses go through the runner's
 one verification path (`DraftSource`), so they never change what is emitted.
 
 Every decode of the draft model runs on the runner thread, as the target's do
-(engine/runner.py: ggml keeps an OpenMP team per thread that computes).
+(engine/runner.py: ggml keeps an OpenMP team per thread that computes). Each
+slot drafts in decodes of its own, one after another; the draft length follows
+the record of taken drafts (`DraftRecord`), which prices a drafted token by its
+row in the target's batch and not by the draft model's own decode, so it suits
+a draft model much smaller than its target.
 """
 
 from __future__ import annotations

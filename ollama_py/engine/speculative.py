@@ -21,6 +21,10 @@ for several tokens than for one: rows then differ (by up to 0.05 and 1.8 in
 a logit for F16 and Q4_K_M copies of the default model). So the runner
 checks this once at load (`batch_invariant`) and drafts only where it
 holds.
+
+A draft model named in the Modelfile (engine/draft_model.py) is the other
+source of drafts; both answer to `DraftSource`, share `DraftRecord`'s
+measure of how long a draft pays, and are verified the same way.
 """
 
 from __future__ import annotations
