@@ -86,7 +86,8 @@ def test_deprecated_parameters_are_dropped() -> None:
     ("FROM x\nMESSAGE user\n", 2, "needs a value"),
     ("FROM\n", 1, "FROM needs a value"),
     ("FROM x\nSYSTEM \"a\" trailing\n", 2, "unexpected text"),
-    ("FROM x\nDRAFT ./d.gguf\n", 2, "does not support"),
+    ("FROM x\nRENDERER qwen3\n", 2, "does not support"),
+    ("FROM x\nDRAFT a.gguf\nDRAFT b.gguf\n", 3, "one DRAFT"),
     ("FROM x\nADAPTER a\nADAPTER b\n", 3, "one ADAPTER"),
     ("FROM x\n!!! \n", 2, "unknown instruction"),
 ])
@@ -109,3 +110,10 @@ def test_a_second_from_is_a_projector_and_renders_back() -> None:
     parsed = modelfile.parse("FROM ./model.gguf\nFROM ./mmproj.gguf\n")
     assert (parsed.from_, parsed.projectors) == ("./model.gguf", ["./mmproj.gguf"])
     assert modelfile.parse(modelfile.render(parsed)).projectors == ["./mmproj.gguf"]
+
+
+def test_draft_names_a_draft_model_and_renders_back() -> None:
+    parsed = modelfile.parse("FROM smollm2:135m\ndraft ./small model.gguf\n")
+    assert parsed.draft == "./small model.gguf"
+    assert "DRAFT ./small model.gguf\n" in modelfile.render(parsed)
+    assert modelfile.parse(modelfile.render(parsed)) == parsed

@@ -316,6 +316,8 @@ class CreateRequest(ModelRequest, kw_only=True, rename={"from_": "from"}):
     from_: str = ""  # a model in the store to build on
     files: dict[str, str] | None = None  # file name -> digest of a blob uploaded with POST /api/blobs
     adapters: dict[str, str] | None = None
+    draft_files: dict[str, str] | None = None  # the Modelfile's DRAFT: one uploaded GGUF, {file name: digest}
+    draft: str = ""  # ollama-py's own: a DRAFT that names a model in the store instead of a file
     template: str | None = None
     system: str | None = None
     license: str | list[str] | None = None

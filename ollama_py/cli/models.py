@@ -123,8 +123,11 @@ def create_request(client: Client, name: str, modelfile: Modelfile, base: Path,
         if path is None:
             raise ClientError(f"ADAPTER {adapter}: no such file")
         adapters[path.name] = _upload(client, path, view)
+    draft_file = _local_file(modelfile.draft, base) if modelfile.draft is not None else None
     return CreateRequest(
         model=name, from_="" if source else modelfile.from_, files=files or None, adapters=adapters or None,
+        draft_files={draft_file.name: _upload(client, draft_file, view)} if draft_file is not None else None,
+        draft=modelfile.draft if modelfile.draft is not None and draft_file is None else "",
         template=modelfile.template, system=modelfile.system, parameters=modelfile.parameters or None,
         messages=[Message(role=m.role, content=m.content) for m in modelfile.messages] or None,
         license=modelfile.licenses or None, quantize=quantize)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +20,7 @@ import msgspec
 
 from ollama_py.engine.chat import ChatEvent
 from ollama_py.engine.embed import EmbedResult
-from ollama_py.engine.offload import Plan, plan, sizes
+from ollama_py.engine.offload import Plan, Sizes, plan, sizes
 from ollama_py.engine.placement import Placement
 from ollama_py.engine.runner import RunnerOptions, RunnerStats
 from ollama_py.llama.devices import devices
@@ -44,14 +44,28 @@ class LoadSpec(msgspec.Struct, frozen=True, kw_only=True):
     template: str = ""  # a Jinja chat template to use instead of the GGUF's own
     adapters: tuple[Path, ...] = ()  # GGUF LoRA adapters: the same weights with other adapters are another model
     projector: Path | None = None  # a vision projector (mmproj GGUF) loaded with the model
+    draft: Path | None = None  # a draft model (GGUF) for speculative decoding, loaded beside the model
 
     def offload(self, free_vram: int) -> Plan:
         """The GPU layers and memory of this spec, given the GPUs' free memory (Ollama's num_gpu)."""
-        info = gguf.read(self.path)
         opts = self.runner
-        need = sizes(info, num_ctx_total=opts.num_ctx * opts.num_parallel, kv_cache_type=opts.kv_cache_type,
-                     n_ubatch=opts.num_batch)
-        return plan(need, free_vram=free_vram, num_gpu=self.num_gpu)
+
+        def need(path: Path, n_ubatch: int) -> Sizes:
+            return sizes(gguf.read(path), num_ctx_total=opts.num_ctx * opts.num_parallel,
+                         kv_cache_type=opts.kv_cache_type, n_ubatch=n_ubatch)
+
+        if self.drafting is None:
+            return plan(need(self.path, opts.num_batch), free_vram=free_vram, num_gpu=self.num_gpu)
+        # The draft model, weights and cache, goes where the model's layers go: all on the GPU when any are.
+        draft = need(self.drafting, 512).total
+        placed = plan(need(self.path, opts.num_batch), free_vram=max(0, free_vram - draft), num_gpu=self.num_gpu)
+        return replace(placed, size=placed.size + draft,
+                       size_vram=placed.size_vram + (draft if placed.gpu_layers else 0))
+
+    @property
+    def drafting(self) -> Path | None:
+        """The draft model the runner loads: none while drafting is off (OLLAMA_PY_DRAFT_MAX=0)."""
+        return self.draft if self.runner.draft_max > 0 else None
 
 
 class ModelRunner(Protocol):

@@ -65,6 +65,7 @@ class _Hosted:
     formatter: ChatFormatter
     load: wire.Load
     projector: Projector | None = None
+    draft: Model | None = None
     embedder: Embedder | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,6 +111,8 @@ class _Hosted:
             self.embedder.close()
         if self.projector is not None:
             self.projector.close()
+        if self.draft is not None:
+            self.draft.close()
         self.model.close()
 
 
@@ -183,21 +186,24 @@ class _Host:
         runner: Runner | None = None
         formatter: ChatFormatter | None = None
         projector: Projector | None = None
+        draft: Model | None = None
         try:
             if load.projector:
                 projector = Projector(load.projector, model, n_threads=load.runner.num_thread)
+            if load.draft:  # on the GPU when the model's layers are
+                draft = Model(load.draft, ModelOptions(n_gpu_layers=-1 if load.num_gpu else 0))
             runner = Runner(model, load.runner, on_cancelled=self._stats_changed,
-                            projector=Path(load.projector) if load.projector else None)
+                            projector=Path(load.projector) if load.projector else None, draft=draft)
             formatter = ChatFormatter(model, load.template, self._limits, projector=projector)
             probe = formatter.prepare(_PROBE, runner.num_ctx)
             if probe.applied is not None:
                 probe.applied.close()
         except BaseException:
-            for part in (formatter, runner, projector, model):
+            for part in (formatter, runner, projector, draft, model):
                 if part is not None:
                     part.close()
             raise
-        self._hosted[load.model] = _Hosted(model, runner, formatter, load, projector)
+        self._hosted[load.model] = _Hosted(model, runner, formatter, load, projector, draft)
         where = placement.summarize(assigned, self._endpoints) or placement.on_cpu(model.n_layer)
         log.info("loaded %s: %s", model.path.name, ", ".join(f"{p.device} {p.layers}" for p in where))
         return wire.Loaded(call=load.call, num_ctx=runner.num_ctx, n_vocab=model.vocab.n_tokens, placement=where)

@@ -26,6 +26,7 @@ from typing import TypeVar
 import msgspec
 
 from ollama_py.engine import vision
+from ollama_py.engine.draft_model import DraftModel
 from ollama_py.engine.prompt_cache import (
     MIN_TOKENS,
     DiskCache,
@@ -36,7 +37,7 @@ from ollama_py.engine.prompt_cache import (
     model_digest,
 )
 from ollama_py.engine.sampling import ReasoningGate, sampler_config, worth_drafting
-from ollama_py.engine.speculative import Drafter, batch_invariant
+from ollama_py.engine.speculative import Drafter, DraftSource, batch_invariant
 from ollama_py.engine.stops import StopMatcher, TokenText
 from ollama_py.engine.types import (
     Done,
@@ -83,7 +84,8 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cache_ram: int = -1  # bytes of host RAM; -1: a quarter of what is available, at most 8 GiB; 0: off
     cache_dir: str = ""  # a directory that keeps finished requests' states across restarts; "": none
     cache_disk: int = 10 << 30  # bytes that directory may hold for this model and these options
-    # Most tokens a generating slot drafts per step by prompt lookup (engine/speculative.py); 0: none.
+    # Most tokens a generating slot drafts per step, by prompt lookup (engine/speculative.py) or a draft model
+    # (engine/draft_model.py); 0: none.
     draft_max: int = 16
     # How many later requests may take a slot before a waiting one because more of their prompts is cached
     # (a conversation coming back); 0: strictly oldest first, as Ollama.
@@ -139,7 +141,7 @@ class RunnerStats:
     kv_capacity: int
     cache_states: int = 0  # prompt states saved in host RAM beyond the slots
     cache_bytes: int = 0
-    drafted: int = 0  # tokens proposed by prompt lookup since load
+    drafted: int = 0  # tokens proposed by prompt lookup or the draft model since load
     accepted: int = 0  # of those, tokens the samplers confirmed
 
 
@@ -194,7 +196,7 @@ class _Job:
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
     gate: ReasoningGate | None = None  # holds the grammar back while the model reasons
     next_token: int | None = None  # sampled, not yet decoded
-    drafter: Drafter | None = None  # prompt lookup, for samplers where drafting pays
+    drafter: DraftSource | None = None  # prompt lookup or a draft model, for samplers where drafting pays
     drafts: list[int] = field(default_factory=list)  # decoded after next_token this step, not yet verified
     out_index: int = -1  # this step's logits row for the slot
     eval_count: int = 0
@@ -237,10 +239,13 @@ class Runner:
     """Serves one model to many concurrent requests on a thread of its own."""
 
     def __init__(self, model: Model, options: RunnerOptions = RunnerOptions(),
-                 on_cancelled: Callable[[], None] = lambda: None, projector: Path | None = None) -> None:
+                 on_cancelled: Callable[[], None] = lambda: None, projector: Path | None = None,
+                 draft: Model | None = None) -> None:
         """`on_cancelled` is called on the runner thread when a cancel freed a slot or a place in the queue:
         no event tells anyone else, and whoever reports `stats()` must hear of it. `projector`, the model's
-        vision projector if it has one, is part of what saved states on disk depend on."""
+        vision projector if it has one, is part of what saved states on disk depend on. `draft`, a model
+        sharing this one's vocabulary (ValueError if it does not), drafts instead of prompt lookup; the
+        caller keeps and closes it."""
         if options.kv_cache_type not in _KV_TYPES:
             raise ValueError(f"kv cache type {options.kv_cache_type!r}: expected one of {sorted(_KV_TYPES)}")
         if options.flash_attention not in _FLASH_ATTENTION:
@@ -274,6 +279,14 @@ class Runner:
         # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py);
         # the runner thread checks that before its first step.
         self._draft_max = options.draft_max
+        self._draft_model: DraftModel | None = None
+        if draft is not None and options.draft_max > 0:
+            try:
+                self._draft_model = DraftModel(draft, model, num_ctx=self.num_ctx, num_parallel=options.num_parallel,
+                                               options=self._ctx.options)
+            except BaseException:
+                self._ctx.close()
+                raise
         self._drafted = 0
         self._accepted = 0
         ram = auto_ram_bytes() if options.cache_ram < 0 else options.cache_ram
@@ -300,6 +313,9 @@ class Runner:
     def _exact_drafts(self) -> bool:
         if batch_invariant(self._ctx, self._vocab, 0):  # before any slot holds anything
             return True
+        if self._draft_model is not None:
+            self._draft_model.close()
+            self._draft_model = None
         log.info("speculative decoding off for %s: a token's logits here depend on how many share its batch "
                  "(flash attention off, or weights whose matrix kernel changes with the batch)", self.model.path.name)
         return False
@@ -358,6 +374,8 @@ class Runner:
             self._thread.join()
         if self._disk is not None:
             self._disk.close()
+        if self._draft_model is not None:
+            self._draft_model.close()
         self._ctx.close()
 
     def __enter__(self) -> Runner:
@@ -679,7 +697,7 @@ class Runner:
         before it: what is emitted is what one token a step would have emitted."""
         request = job.submit.request
         if job.eval_count == 0 and self._draft_max and worth_drafting(request.sampling):
-            job.drafter = Drafter(request.prompt, self._draft_max)
+            job.drafter = self._drafter(slot, request)
         drafts, job.drafts = job.drafts, []
         row = job.out_index
         taken = 0
@@ -700,6 +718,13 @@ class Runner:
             self._accepted += taken
             if taken < len(drafts) and slot.job is job:
                 self._ctx.seq_rm(slot.seq, len(slot.cache), -1)
+
+    def _drafter(self, slot: _Slot, request: GenerationRequest) -> DraftSource:
+        """The draft model where there is one, else prompt lookup (and for a prompt with images, which the
+        draft model cannot see)."""
+        if self._draft_model is not None and not request.images:
+            return self._draft_model.drafter(slot.seq, request.prompt, self._draft_max)
+        return Drafter(request.prompt, self._draft_max)
 
     def _sample_one(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> int | None:
         """Samples and emits one token from row `job.out_index`; the token when the job goes on, else None."""

@@ -21,12 +21,17 @@ for several tokens than for one: rows then differ (by up to 0.05 and 1.8 in
 a logit for F16 and Q4_K_M copies of the default model). So the runner
 checks this once at load (`batch_invariant`) and drafts only where it
 holds.
+
+A draft model named in the Modelfile (engine/draft_model.py) is the other
+source of drafts; both answer to `DraftSource`, share `DraftRecord`'s
+measure of how long a draft pays, and are verified the same way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Protocol
 
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, DecodeError
@@ -88,30 +93,76 @@ def worth(sharing: int) -> float:
     return ROW_COST * sharing / (ROW_COST * sharing + 1)
 
 
-class Drafter:
-    """One sequence's n-gram index and the draft length its record earns.
+class DraftSource(Protocol):
+    """What proposes a generating sequence's next tokens: prompt lookup (`Drafter`) or a draft model
+    (engine/draft_model.py). The runner verifies either's drafts the same way, row by row with the sequence's
+    own sampler, so what it proposes changes only how many steps an answer takes."""
 
-    The index maps each n-gram to the position after its latest occurrence
-    that has a follower, so a lookup costs one dictionary access per n-gram
-    size however long the sequence is.
+    def draft(self, limit: int, sharing: int = 1) -> list[int]:
+        """Up to `limit` tokens guessed to follow the sequence, in a step `sharing` sequences generate in."""
+        ...
+
+    def append(self, token: int) -> None:
+        """Adds the sequence's next token, once the sampler emitted it."""
+        ...
+
+    def feedback(self, drafted: int, taken: int) -> None:
+        """Records how much of the last draft the sampler took."""
+        ...
+
+
+class DraftRecord:
+    """How much of a sequence's drafts its sampler took, and the draft length that record earns.
 
     A drafted token costs a row of the verifying batch whether it is taken or
     not, and on a CPU a row costs a good part of a decode step, so a draft is
     only as long as its tokens are likely to be taken. Each draft token is
-    reached only when those before it were taken, so the sequence's record is
-    a chance `p` that a reached token is taken (drafts' tokens taken over
-    tokens reached, the older counts fading); the k-th token is reached and
-    taken with chance p^k, and drafted while that is at least `worth`. A
-    sequence that stops repeating its source soon drafts nothing; its record
-    drifts back towards the prior while it does not draft, so it tries again.
+    reached only when those before it were taken, so the record is a chance
+    `p` that a reached token is taken (drafts' tokens taken over tokens
+    reached, the older counts fading); the k-th token is reached and taken
+    with chance p^k, and drafted while that is at least `worth`. A sequence
+    whose drafts keep failing soon drafts nothing; its record drifts back
+    towards the prior while it does not draft, so it tries again.
+    """
+
+    def __init__(self, max_draft: int) -> None:
+        self.max_draft = max_draft
+        self._taken = PRIOR_TAKEN
+        self._reached = PRIOR_REACHED
+
+    def length(self, sharing: int = 1) -> int:
+        """The longest draft whose last token is still taken with a chance that pays, given the record."""
+        p = self._taken / self._reached
+        least = worth(sharing)
+        if p >= 1.0:
+            return self.max_draft
+        if p <= least:
+            return 0
+        return min(self.max_draft, int(math.log(least) / math.log(p)))
+
+    def idle(self) -> None:
+        """A step without a draft: the record returns a little towards the prior."""
+        self._taken = self._taken * RECOVER + PRIOR_TAKEN * (1 - RECOVER)
+        self._reached = self._reached * RECOVER + PRIOR_REACHED * (1 - RECOVER)
+
+    def feedback(self, drafted: int, taken: int) -> None:
+        if drafted:
+            self._taken = self._taken * FADE + taken
+            self._reached = self._reached * FADE + taken + (taken < drafted)
+
+
+class Drafter:
+    """One sequence's n-gram index, drafting as far as its record earns.
+
+    The index maps each n-gram to the position after its latest occurrence
+    that has a follower, so a lookup costs one dictionary access per n-gram
+    size however long the sequence is.
     """
 
     def __init__(self, tokens: Iterable[int], max_draft: int) -> None:
         self._tokens: list[int] = []
         self._next: list[dict[tuple[int, ...], int]] = [{} for _ in range(MIN_NGRAM, MAX_NGRAM + 1)]
-        self.max_draft = max_draft
-        self._taken = PRIOR_TAKEN
-        self._reached = PRIOR_REACHED
+        self.record = DraftRecord(max_draft)
         for token in tokens:
             self.append(token)
 
@@ -127,10 +178,9 @@ class Drafter:
     def draft(self, limit: int, sharing: int = 1) -> list[int]:
         """Up to `limit` tokens guessed to follow the sequence; empty when its tail never occurred before or
         its record does not make a draft worth verifying in a step `sharing` sequences generate in."""
-        limit = min(limit, self.length(sharing))
+        limit = min(limit, self.record.length(sharing))
         if limit <= 0:
-            self._taken = self._taken * RECOVER + PRIOR_TAKEN * (1 - RECOVER)
-            self._reached = self._reached * RECOVER + PRIOR_REACHED * (1 - RECOVER)
+            self.record.idle()
             return []
         tokens = self._tokens
         for n in range(MAX_NGRAM, MIN_NGRAM - 1, -1):
@@ -144,17 +194,8 @@ class Drafter:
         return []
 
     def length(self, sharing: int = 1) -> int:
-        """The longest draft whose last token is still taken with a chance that pays, given the record."""
-        p = self._taken / self._reached
-        least = worth(sharing)
-        if p >= 1.0:
-            return self.max_draft
-        if p <= least:
-            return 0
-        return min(self.max_draft, int(math.log(least) / math.log(p)))
+        return self.record.length(sharing)
 
     def feedback(self, drafted: int, taken: int) -> None:
         """Records how much of the last draft the sampler took."""
-        if drafted:
-            self._taken = self._taken * FADE + taken
-            self._reached = self._reached * FADE + taken + (taken < drafted)
+        self.record.feedback(drafted, taken)

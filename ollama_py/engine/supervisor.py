@@ -435,6 +435,8 @@ class ProcessBackend:
                      offload.n_layers, offload.size_vram, offload.size)
         size = offload.size if offload is not None else spec.path.stat().st_size
         size += spec.projector.stat().st_size if spec.projector is not None else 0  # loaded beside the weights
+        if offload is None and spec.drafting is not None:
+            size += spec.drafting.stat().st_size  # its weights (a plan counts its cache too)
         # Resolved here, once, so the memory bound allows for exactly what the process may keep.
         cache_ram = spec.runner.cache_ram if spec.runner.cache_ram >= 0 else auto_ram_bytes()
         memory = (self._limits.memory
@@ -448,7 +450,8 @@ class ProcessBackend:
                 runner=msgspec.structs.replace(spec.runner, cache_ram=cache_ram), num_gpu=num_gpu,
                 tensor_split=self._tensor_split if remote else (), template=spec.template,
                 adapters=tuple(str(a) for a in spec.adapters),
-                projector=str(spec.projector) if spec.projector is not None else ""),
+                projector=str(spec.projector) if spec.projector is not None else "",
+                draft=str(spec.drafting) if spec.drafting is not None else ""),
                 wire.Loaded, load_timeout=self._limits.load_timeout)
         except EngineError as exc:
             crashed = link.dead is not None

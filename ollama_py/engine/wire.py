@@ -68,6 +68,7 @@ class Load(_Message):
     template: str = ""  # a Jinja chat template instead of the GGUF's own
     adapters: tuple[str, ...] = ()  # GGUF LoRA adapters applied to every context of the model
     projector: str = ""  # a vision projector (mmproj GGUF) for the model's images; "": it takes none
+    draft: str = ""  # a draft model (GGUF) that proposes tokens for the model to verify; "": none, or drafting is off
 
 
 class Unload(_Message):

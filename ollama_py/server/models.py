@@ -29,6 +29,7 @@ from ollama_py.settings import Settings
 from ollama_py.store import create, gguf, names
 from ollama_py.store.manifests import (
     MEDIA_ADAPTER,
+    MEDIA_DRAFT,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
@@ -61,6 +62,7 @@ class ResolvedModel:
     messages: tuple[Message, ...]
     adapters: tuple[Path, ...] = ()  # LoRA adapters the Modelfile's ADAPTER names
     projector: Path | None = None  # a vision model's projector (mmproj GGUF): the model takes images
+    draft: Path | None = None  # a draft model (GGUF) for speculative decoding, the Modelfile's DRAFT
 
     @property
     def key(self) -> str:
@@ -106,7 +108,8 @@ def read(store: Store, name: ModelName, asked: str) -> ResolvedModel:
         system=store.text(system) if system else None,
         messages=tuple(msgspec.json.decode(store.text(messages), type=list[Message])) if messages else (),
         adapters=tuple(store.blobs.path(layer.digest) for layer in manifest.layers_of(MEDIA_ADAPTER)),
-        projector=store.blobs.path(projector.digest) if (projector := manifest.layer(MEDIA_PROJECTOR)) else None)
+        projector=store.blobs.path(projector.digest) if (projector := manifest.layer(MEDIA_PROJECTOR)) else None,
+        draft=store.blobs.path(draft.digest) if (draft := manifest.layer(MEDIA_DRAFT)) else None)
 
 
 # Jinja's statement tag; Go templates never use it, so it tells the two syntaxes apart.
@@ -235,7 +238,8 @@ def plan(settings: Settings, model: ResolvedModel, request: Options | None) -> P
                            draft_max=settings.draft_max,
                            cached_first=settings.cached_first * settings.num_parallel)
     spec = LoadSpec(path=model.path, runner=runner, num_gpu=-1 if opts.num_gpu is None else opts.num_gpu,
-                    template=jinja_template(model), adapters=model.adapters, projector=model.projector)
+                    template=jinja_template(model), adapters=model.adapters, projector=model.projector,
+                    draft=model.draft)
     sampling = Sampling()
     fields = {f: v for f in Sampling.__struct_fields__ if (v := getattr(opts, f, None)) is not None}
     if "stop" in fields:

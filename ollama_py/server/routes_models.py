@@ -264,9 +264,23 @@ def _modelfile(store: Store, req: native.CreateRequest) -> Modelfile:
             raise codec.BadRequest(f"messages: role must be one of {', '.join(MESSAGE_ROLES)}, not {message.role!r}")
     licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
     return Modelfile(from_=from_, projectors=projectors, parameters=_parameters(req.parameters),
-                     template=req.template, system=req.system,
+                     draft=_draft(store, req), template=req.template, system=req.system,
                      adapters=[str(p) for p in _ggufs(store, "adapters", req.adapters)], licenses=licenses,
                      messages=[Message(m.role, m.content) for m in req.messages or ()])
+
+
+def _draft(store: Store, req: native.CreateRequest) -> str | None:
+    """The DRAFT: the one uploaded GGUF file of `draft_files`, or the model `draft` names."""
+    if req.draft and req.draft_files:
+        raise codec.BadRequest("give a draft model in draft_files or draft, not both")
+    if req.draft:
+        return str(models.parse_name(req.draft))
+    if not req.draft_files:
+        return None
+    files = _ggufs(store, "draft_files", req.draft_files)
+    if len(files) != 1:
+        raise codec.BadRequest(f"draft_files: expected one GGUF file, got {len(files)}")
+    return str(files[0])
 
 
 def _on_this_machine(host: str) -> bool:

@@ -23,12 +23,12 @@ import msgspec
 
 from ollama_py.api.native import ProgressUpdate
 from ollama_py.settings import Settings
-from ollama_py.store import convert, default_model, gguf, library, names
+from ollama_py.store import convert, default_model, gguf, library, names, vocab_match
 from ollama_py.store import quantize as quantizing
 from ollama_py.store.blobs import check_digest
-from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL,
-                                       MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_TEMPLATE,
-                                       Layer, Manifest, ModelConfig, ModelNotFoundError, RootFS, Store)
+from ollama_py.store.manifests import (MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_DRAFT, MEDIA_LICENSE, MEDIA_MESSAGES,
+                                       MEDIA_MODEL, MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_PROMPT, MEDIA_SYSTEM,
+                                       MEDIA_TEMPLATE, Layer, Manifest, ModelConfig, ModelNotFoundError, RootFS, Store)
 from ollama_py.store.modelfile import Message, Modelfile, ParamValue
 from ollama_py.store.names import ModelName
 
@@ -200,6 +200,53 @@ def check_adapter(adapter: gguf.GGUFFile, model: gguf.GGUFFile, what: str) -> No
                               f"{list(a)} and {list(b)} does not fit")
 
 
+def _stored_model(store: Store, instruction: str, raw: str, resolve_default: Settings | None, pull: Pull | None,
+                  progress: Progress | None) -> Manifest:
+    """The manifest of a model a FROM or a DRAFT names, imported or pulled first when the store lacks it."""
+    try:
+        name = names.parse(raw)
+    except names.InvalidNameError as exc:
+        raise CreateError(f"{instruction} {raw!r} is neither a file nor a model name: {exc}") from None
+    if store.resolve(name) is None:
+        if resolve_default is not None and name.same(names.parse(DEFAULT_MODEL)):
+            import_default(store, resolve_default, progress=_without_success(progress))
+        elif pull is not None:
+            pull(name, _without_success(progress))
+    try:
+        return store.read(name)
+    except ModelNotFoundError:
+        raise CreateError(f"{instruction} {raw}: model '{name.display()}' not found; "
+                          "pull it or give a GGUF file path") from None
+
+
+def _draft_file(store: Store, raw: str, base_dir: Path, weights: Path, resolve_default: Settings | None,
+                pull: Pull | None, progress: Progress | None) -> Path:
+    """The GGUF a DRAFT names (a file, or a stored model's weights), checked to be a text model whose tokens the
+    model's own vocabulary can verify."""
+    path = _expand(raw, base_dir)
+    if not path.is_file():
+        manifest = _stored_model(store, "DRAFT", raw, resolve_default, pull, progress)
+        layer = manifest.layer(MEDIA_MODEL)
+        if layer is None:
+            raise CreateError(f"DRAFT {raw}: the model has no weights")
+        path = store.blobs.path(layer.digest)
+    info = _read_gguf(path, "DRAFT")
+    arch = info.architecture or ""
+    if arch == PROJECTOR_ARCHITECTURE:
+        raise CreateError(f"DRAFT {raw}: a vision projector, not a model that generates text")
+    if info.metadata.get("general.type") == "adapter":
+        raise CreateError(f"DRAFT {raw}: a LoRA adapter, not a model (ADAPTER takes adapters)")
+    if f"{arch}.pooling_type" in info.metadata and not info.chat_template:
+        raise CreateError(f"DRAFT {raw}: an embedding model, which does not generate text")
+    try:
+        reason = vocab_match.mismatch(vocab_match.read_facts(weights), vocab_match.read_facts(path))
+    except gguf.GGUFError as exc:
+        raise CreateError(f"DRAFT {raw}: {exc}") from None
+    if reason is not None:
+        raise CreateError(f"DRAFT {raw}: cannot draft for this model: {reason}")
+    return path
+
+
 def _weights_path(store: Store, base: Manifest | None) -> Path:
     layer = base.layer(MEDIA_MODEL) if base is not None else None
     if layer is None:
@@ -296,26 +343,17 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
         if model_info.architecture == PROJECTOR_ARCHITECTURE:
             raise CreateError(f"FROM {modelfile.from_}: a projector alone is not a model; FROM the model too")
     else:
-        try:
-            base_name = names.parse(modelfile.from_)
-        except names.InvalidNameError as exc:
-            raise CreateError(f"FROM {modelfile.from_!r} is neither a file nor a model name: {exc}") from None
-        if store.resolve(base_name) is None:
-            if resolve_default is not None and base_name.same(names.parse(DEFAULT_MODEL)):
-                import_default(store, resolve_default, progress=_without_success(progress))
-            elif pull is not None:
-                pull(base_name, _without_success(progress))
-        try:
-            base = store.read(base_name)
-        except ModelNotFoundError:
-            raise CreateError(f"FROM {modelfile.from_}: model '{base_name.display()}' not found; "
-                              "pull it or give a GGUF file path") from None
+        base = _stored_model(store, "FROM", modelfile.from_, resolve_default, pull, progress)
     adapter_paths = [_expand(a, base_dir) for a in modelfile.adapters]
     for path in adapter_paths:
         if not path.is_file():
             raise CreateError(f"ADAPTER {path}: no such file")
         weights_info = model_info if model_info is not None else _read_gguf(_weights_path(store, base), "FROM")
         check_adapter(_read_gguf(path, "ADAPTER"), weights_info, path.name)
+    draft_path = None
+    if modelfile.draft is not None:
+        weights_path = source if model_info is not None else _weights_path(store, base)
+        draft_path = _draft_file(store, modelfile.draft, base_dir, weights_path, resolve_default, pull, progress)
     quantized: Path | None = None
     if quantize and scratch is not None:
         weights = source if model_info is not None else _weights_path(store, base)
@@ -337,8 +375,9 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
             licenses = list(modelfile.licenses)
         else:
             assert base is not None
-            # A projector given here replaces the base model's own.
-            weights = (MEDIA_MODEL, MEDIA_ADAPTER) + (() if projector_paths else (MEDIA_PROJECTOR,))
+            # A projector or a draft given here replaces the base model's own.
+            weights = ((MEDIA_MODEL, MEDIA_ADAPTER) + (() if projector_paths else (MEDIA_PROJECTOR,))
+                       + (() if draft_path else (MEDIA_DRAFT,)))
             layers = [layer for layer in base.layers if layer.media_type in weights]
             for layer in layers:
                 _emit(progress, f"using existing layer {layer.digest}")
@@ -361,6 +400,8 @@ def _create(store: Store, name: ModelName, modelfile: Modelfile, *, base_dir: Pa
 
         layers += [_file_layer(store, path, MEDIA_PROJECTOR, progress) for path in projector_paths]
         layers += [_file_layer(store, path, MEDIA_ADAPTER, progress) for path in adapter_paths]
+        if draft_path is not None:
+            layers.append(_file_layer(store, draft_path, MEDIA_DRAFT, progress))
         if template is not None:
             layers.append(_text_layer(store, MEDIA_TEMPLATE, template.encode(), progress))
         if system is not None:
@@ -424,4 +465,5 @@ def to_modelfile(store: Store, name: ModelName) -> Modelfile:
         adapters=[str(store.blobs.path(layer.digest)) for layer in manifest.layers_of(MEDIA_ADAPTER)],
         licenses=[store.text(layer) for layer in manifest.layers_of(MEDIA_LICENSE)],
         messages=msgspec.json.decode(store.text(messages), type=list[Message]) if messages else [],
+        draft=str(store.blobs.path(draft.digest)) if (draft := manifest.layer(MEDIA_DRAFT)) else None,
     )

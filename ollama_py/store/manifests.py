@@ -57,6 +57,7 @@ _OLLAMA = "application/vnd.ollama.image."
 MEDIA_MODEL = _OLLAMA + "model"
 MEDIA_ADAPTER = _OLLAMA + "adapter"
 MEDIA_PROJECTOR = _OLLAMA + "projector"
+MEDIA_DRAFT = _OLLAMA + "draft"  # a draft model's GGUF for speculative decoding
 MEDIA_TEMPLATE = _OLLAMA + "template"
 MEDIA_PROMPT = _OLLAMA + "prompt"  # legacy name of the template layer, still found in old stores
 MEDIA_SYSTEM = _OLLAMA + "system"

@@ -7,6 +7,10 @@ whitespace or the end of the file; `#` at the start of a line is a comment.
 Where Ollama quietly accepts a mistake (text after a closing quote), we
 report it with its line number instead. A second FROM is no mistake: it
 names a vision model's projector, and the store checks that it is one.
+
+DRAFT names a smaller model with the same vocabulary that proposes tokens
+for the model to verify (engine/draft_model.py; llama-server's
+`--model-draft`): a GGUF path, as Ollama takes it, or a model name.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ DEPRECATED_PARAMETERS = frozenset({
     "penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
     "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z",
 })
-INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
+INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE", "DRAFT")
 # Ollama instructions that select machinery ollama-py does not have; named so the error can say so.
-UNSUPPORTED_INSTRUCTIONS = ("DRAFT", "RENDERER", "PARSER", "REQUIRES")
+UNSUPPORTED_INSTRUCTIONS = ("RENDERER", "PARSER", "REQUIRES")
 MESSAGE_ROLES = ("system", "user", "assistant")
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -70,6 +74,8 @@ class Modelfile(msgspec.Struct, kw_only=True):
     adapters: list[str] = msgspec.field(default_factory=list)
     licenses: list[str] = msgspec.field(default_factory=list)
     messages: list[Message] = msgspec.field(default_factory=list)
+    # A draft model for speculative decoding: a GGUF path, or (ollama-py's own) a model name.
+    draft: str | None = None
 
 
 def convert_parameter(name: str, raw: str) -> ParamValue:
@@ -222,6 +228,10 @@ def parse(text: str | bytes) -> Modelfile:
             if out.adapters:
                 raise ModelfileError(line, "only one ADAPTER is supported")
             out.adapters.append(value)
+        elif instruction == "DRAFT":
+            if out.draft is not None:
+                raise ModelfileError(line, "only one DRAFT is supported")
+            out.draft = value
         else:
             out.licenses.append(value)
 
@@ -267,6 +277,8 @@ def render(modelfile: Modelfile, *, generated_for: str | None = None) -> str:
     if modelfile.system is not None:
         lines.append(f"SYSTEM {quote(modelfile.system)}")
     lines += [f"ADAPTER {quote(a)}" for a in modelfile.adapters]
+    if modelfile.draft is not None:
+        lines.append(f"DRAFT {quote(modelfile.draft)}")
     for name, value in modelfile.parameters.items():
         for item in value if isinstance(value, list) else [value]:
             lines.append(f"PARAMETER {name} {_format_parameter(item)}")
