@@ -52,6 +52,17 @@ OLLAMA_PY_DRAFT_MAX=0, so the table shows what the drafts themselves gain.
 
     .venv/bin/python bench/http_bench.py --workload grounded --streams 1 --rounds 5 --also-without-drafts
 
+`--workload restart` is the chat's second turn after a restart: --streams
+conversations take their first turn at once, every server is stopped and
+started again (and loads its model on one request of its own), then the
+conversations take their second turn. ollama-py keeps prompt states on disk
+(OLLAMA_PY_PROMPT_CACHE_DIR, in the scratch folder); llama-server has no
+such tier (its --slot-save-path saves a slot only when asked over its API),
+so it evaluates each conversation again. Reported: TTFT p50 and the cached
+prompt tokens of the second turn.
+
+    .venv/bin/python bench/http_bench.py --workload restart --streams 1 4 --rounds 3
+
 On a machine whose cores are shared with other work, --threads equal to the
 core count measures the scheduler more than the servers: llama.cpp's decode
 threads wait for each other at every op, and one of them descheduled stalls
@@ -74,7 +85,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,12 +340,16 @@ async def conversation(session: aiohttp.ClientSession, server: Server, n: int, t
     history = [{"role": "system", "content": CHAT_SYSTEM}]
     results = []
     for turn in range(turns):
-        question = CHAT_TURNS[(n + turn) % len(CHAT_TURNS)]
-        history.append({"role": "user", "content": f"(visitor {n}) {question}"})
+        ask(history, n, turn)
         result = await one(session, server, history, max_tokens)
         history.append({"role": "assistant", "content": result.pop("content")})
         results.append(result)
     return results
+
+
+def ask(history: list[dict[str, str]], n: int, turn: int) -> None:
+    """Adds visitor n's question of the given turn to its conversation."""
+    history.append({"role": "user", "content": f"(visitor {n}) {CHAT_TURNS[(n + turn) % len(CHAT_TURNS)]}"})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -381,6 +396,84 @@ async def chat_level(servers: list[Server], streams: int, args: argparse.Namespa
                       f"{' / '.join(str(v) for v in result['cached_tokens'])} of "
                       f"{' / '.join(str(v) for v in result['prompt_tokens'])} prompt tokens, "
                       f"load {result['load1']:.1f}", file=sys.stderr, flush=True)
+
+
+async def restart_level(servers: list[Server], streams: int, args: argparse.Namespace) -> None:
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900), connector=connector) as session:
+        await asyncio.gather(*(ready(session, s, args) for s in servers))
+        for r in range(args.rounds):
+            for s in servers[r % len(servers):] + servers[:r % len(servers)]:
+                first = (r + 1) * 1000
+                histories = [[{"role": "system", "content": CHAT_SYSTEM}] for _ in range(streams)]
+                for i, history in enumerate(histories):
+                    ask(history, first + i, 0)
+                saved = states(s)
+                before = await asyncio.gather(*(one(session, s, h, args.max_tokens) for h in histories))
+                for i, (history, result) in enumerate(zip(histories, before, strict=True)):
+                    history.append({"role": "assistant", "content": result.pop("content")})
+                    ask(history, first + i, 1)
+                await restart(session, s, args, saved, streams)
+                after = await asyncio.gather(*(one(session, s, h, args.max_tokens) for h in histories))
+                result = {"ttft_p50_ms": [statistics.median(x["ttft_s"] for x in turn) * 1e3
+                                          for turn in (before, after)],
+                          "prompt_tokens": [sum(x["prompt_tokens"] for x in turn) for turn in (before, after)],
+                          "cached_tokens": [sum(x["cached_tokens"] or 0 for x in turn) for turn in (before, after)],
+                          "load1": os.getloadavg()[0], "turns": [before, after]}
+                s.rounds.append(result)
+                print(f"  restart round {r + 1} {s.label:13s} TTFT p50 turn 1 {result['ttft_p50_ms'][0]:.0f} ms, "
+                      f"turn 2 after the restart {result['ttft_p50_ms'][1]:.0f} ms, cached "
+                      f"{result['cached_tokens'][1]} of {result['prompt_tokens'][1]} prompt tokens",
+                      file=sys.stderr, flush=True)
+
+
+def states(server: Server) -> set[Path]:
+    """The prompt states a server keeps on disk now (none where it keeps none)."""
+    folder = server.env.get("OLLAMA_PY_PROMPT_CACHE_DIR")
+    return set(Path(folder).rglob("*.state")) if folder else set()
+
+
+async def restart(session: aiohttp.ClientSession, server: Server, args: argparse.Namespace, saved: set[Path],
+                  conversations: int) -> None:
+    """Stops and starts the server once the first turns' states are on disk, and loads its model."""
+    deadline = time.monotonic() + 60
+    while server.env.get("OLLAMA_PY_PROMPT_CACHE_DIR") and len(states(server) - saved) < conversations:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.label}: the first turns' states never reached the disk")
+        await asyncio.sleep(0.1)
+    server.stop()
+    server.start()
+    await ready(session, server, args)
+    await one(session, server, [{"role": "user", "content": "Hi"}], 1)  # the model loads, untimed
+
+
+def summarize_restart(servers: list[Server]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in servers:
+        out[s.label] = {"ttft_p50_ms": [statistics.median(r["ttft_p50_ms"][t] for r in s.rounds) for t in (0, 1)],
+                        "cached_share": [sum(r["cached_tokens"][t] for r in s.rounds)
+                                         / sum(r["prompt_tokens"][t] for r in s.rounds) for t in (0, 1)]}
+    for s in servers:
+        if s.label != "candidate":
+            out[f"candidate/{s.label}"] = {"ttft_p50_after_restart": out["candidate"]["ttft_p50_ms"][1]
+                                           / out[s.label]["ttft_p50_ms"][1]}
+    return out
+
+
+def restart_table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
+    head = ["streams", *[f"{label}: TTFT p50 turn 1 / turn 2 after the restart (ms), cached share of turn 2"
+                         for label in labels]]
+    others = [label for label in labels if label != "candidate"]
+    head += [f"**turn 2 TTFT, candidate / {label}**" for label in others]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for streams, summary in results.items():
+        cells = [str(streams)]
+        for label in labels:
+            s = summary[label]
+            cells.append(f"{s['ttft_p50_ms'][0]:.0f} / {s['ttft_p50_ms'][1]:.0f}, {s['cached_share'][1]:.0%}")
+        cells += [f"**{summary[f'candidate/{label}']['ttft_p50_after_restart']:.3f}**" for label in others]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def summarize_chat(servers: list[Server]) -> dict[str, Any]:
@@ -502,6 +595,12 @@ def default_llama_server() -> Path:
     return Path(build_backend.build_llama_server())
 
 
+WORKLOADS: dict[str, tuple[Callable[[list[Server], int, argparse.Namespace], Coroutine[Any, Any, None]],
+                           Callable[[list[Server]], dict[str, Any]]]] = {
+    "fresh": (level, summarize), "grounded": (level, summarize), "chat": (chat_level, summarize_chat),
+    "restart": (restart_level, summarize_restart)}
+
+
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # so the servers are stopped on the way out
 
@@ -513,8 +612,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="ollama-py console script of the baseline; default: none")
-    parser.add_argument("--workload", choices=("fresh", "chat", "grounded"), default="fresh",
-                        help="fresh prompts every round, a multi-user chat, or grounded text (see above)")
+    parser.add_argument("--workload", choices=("fresh", "chat", "grounded", "restart"), default="fresh",
+                        help="fresh prompts every round, a multi-user chat, grounded text, or a chat's second "
+                             "turn after a restart (see above)")
     parser.add_argument("--llama-spec", default="--spec-type ngram-simple --spec-ngram-simple-size-n 3 "
                         "--spec-ngram-simple-size-m 16", help="grounded: llama-server's speculation flags")
     parser.add_argument("--also-without-drafts", action="store_true",
@@ -545,7 +645,9 @@ def main() -> None:
                            "load_start": os.getloadavg()[0], "levels": {}}
     labels: list[str] = []
     for streams in args.streams:
-        servers = [ollama_py("candidate", args.candidate, args, streams, scratch)]
+        keep = {"OLLAMA_PY_PROMPT_CACHE_DIR": str(scratch / f"prompt-states-{streams}")} \
+            if args.workload == "restart" else {}
+        servers = [ollama_py("candidate", args.candidate, args, streams, scratch, **keep)]
         if args.also_without_drafts:
             servers.append(ollama_py("candidate-nodraft", args.candidate, args, streams, scratch,
                                      OLLAMA_PY_DRAFT_MAX="0"))
@@ -558,13 +660,13 @@ def main() -> None:
             for s in servers:
                 print(f"streams {streams}: {s.label}: {' '.join(s.argv)}", file=sys.stderr, flush=True)
                 s.start()
-            asyncio.run((chat_level if args.workload == "chat" else level)(servers, streams, args))
+            asyncio.run(WORKLOADS[args.workload][0](servers, streams, args))
         finally:
             for s in servers:
                 s.stop()
                 if "OLLAMA_MODELS" in s.env:  # a copy of the model per store: keep only the logs
                     shutil.rmtree(s.env["OLLAMA_MODELS"], ignore_errors=True)
-        results[streams] = (summarize_chat if args.workload == "chat" else summarize)(servers)
+        results[streams] = WORKLOADS[args.workload][1](servers)
         raw["levels"][str(streams)] = {"summary": results[streams],
                                        "servers": {s.label: {"argv": s.argv, "rounds": s.rounds} for s in servers}}
     raw["load_end"] = os.getloadavg()[0]
@@ -574,6 +676,9 @@ def main() -> None:
           f"slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
           f"median of {args.rounds} interleaved rounds (min-max); {os.cpu_count()} CPUs, load "
           f"{raw['load_start']:.1f} -> {raw['load_end']:.1f}\n")
+    if args.workload == "restart":
+        print(restart_table(results, labels))
+        return
     if args.workload == "chat":
         for streams, summary in results.items():
             print(f"{args.conversations} conversations of {args.turns} turns over {streams} slots\n")

@@ -3,8 +3,8 @@
     python bench/plot.py OUT.png "title" RESULT.json [RESULT.json ...]
 
 Each file is what `http_bench.py --out` wrote (its workload decides the panels: fresh prompts give tokens/s
-and TTFT by streams, the chat TTFT p50 by turn, grounded text the decode rate a stream) or what
-`engine_bench.py` wrote (the older in-process figures). Needs matplotlib (`pip install -e .[bench]`).
+and TTFT by streams, the chat TTFT p50 by turn, grounded text the decode rate a stream, a restart the
+second turn's TTFT and cached share) or what `engine_bench.py` wrote (the older in-process figures). Needs matplotlib (`pip install -e .[bench]`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,25 @@ def grounded(data: dict[str, Any], axes: list[Axes]) -> None:
     total.set(title=f"(c) grounded: with the prompt ({ratio['ratio_of_medians']:.2f}x)", ylabel="tokens/s")
 
 
+def restart(data: dict[str, Any], axes: list[Axes]) -> None:
+    levels = {int(k): v["summary"] for k, v in data["levels"].items()}
+    streams = sorted(levels)
+    labels = servers(levels[streams[0]])
+    ttft, cached = axes
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        xs = [k + (i - (len(labels) - 1) / 2) * width for k in range(len(streams))]
+        ttft.bar(xs, [levels[n][label]["ttft_p50_ms"][1] for n in streams], width, label=NAMES.get(label, label))
+        cached.bar(xs, [100 * levels[n][label]["cached_share"][1] for n in streams], width,
+                   label=NAMES.get(label, label))
+    for ax in axes:
+        ax.set_xticks(range(len(streams)), [str(n) for n in streams])
+        ax.set_xlabel("conversations at once")
+    ratios = ", ".join(f"{levels[n]['candidate/llama-server']['ttft_p50_after_restart']:.2f}x" for n in streams)
+    ttft.set(title=f"(d) turn 2 after a restart: TTFT p50 ({ratios})", ylabel="ms")
+    cached.set(title="(d) turn 2 after a restart: prompt tokens cached", ylabel="%")
+
+
 def engine(data: dict[str, Any], axes: list[Axes]) -> None:
     rows = data["results"]
     streams = [r["streams"] for r in rows]
@@ -91,7 +110,7 @@ def panels(data: dict[str, Any], axes: list[Axes]) -> None:
     if "results" in data:
         engine(data, axes)
         return
-    {"fresh": fresh, "chat": chat, "grounded": grounded}[data["args"]["workload"]](data, axes)
+    {"fresh": fresh, "chat": chat, "grounded": grounded, "restart": restart}[data["args"]["workload"]](data, axes)
 
 
 def main() -> None:
