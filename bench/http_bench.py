@@ -76,6 +76,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -321,17 +322,21 @@ async def run_round(session: aiohttp.ClientSession, server: Server, first: int, 
     wall = time.perf_counter() - start
     cpu = session_cpu_s(server.proc.pid) - cpu
     tokens = sum(r["completion_tokens"] for r in results)
+    rates = [rate for r in results if (rate := decode_rate(r)) is not None]
     return {"wall_s": wall, "tokens": tokens, "tps": tokens / wall,
             "cpu_s": cpu, "cpu_ms_per_token": cpu / tokens * 1e3,
             "ttft_p50_ms": statistics.median(r["ttft_s"] for r in results) * 1e3,
-            "decode_tps": statistics.median(decode_rate(r) for r in results),
+            "decode_tps": statistics.median(rates) if rates else math.nan,
             "short_streams": sum(r["completion_tokens"] < max_tokens for r in results),
             "load1": os.getloadavg()[0], "streams": results}
 
 
-def decode_rate(result: dict[str, Any]) -> float:
-    """A stream's tokens per second after its first: its decode alone, without the prompt's evaluation."""
-    return (result["completion_tokens"] - 1) / max(result["latency_s"] - result["ttft_s"], 1e-9)
+def decode_rate(result: dict[str, Any]) -> float | None:
+    """A stream's tokens per second after its first: its decode alone, without the prompt's evaluation
+    (None for a stream of one token, which has no decode to time)."""
+    if result["completion_tokens"] < 2 or result["chunks"] < 2:
+        return None
+    return (result["completion_tokens"] - 1) / (result["latency_s"] - result["ttft_s"])
 
 
 async def conversation(session: aiohttp.ClientSession, server: Server, n: int, turns: int,

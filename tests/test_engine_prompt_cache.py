@@ -158,12 +158,12 @@ async def test_a_returning_conversation_goes_first_but_passes_each_request_a_bou
             assert result.done.prompt_cached > len(prompt) - len(follow_up(model, "How much is it?")) - 2
 
 
-
 def test_cached_first_is_on_by_default_and_refuses_a_negative_number() -> None:
     assert settings.load({}).cached_first == 4
     assert settings.load({"OLLAMA_PY_CACHED_FIRST": "0"}).cached_first == 0
     with pytest.raises(settings.SettingsError, match="OLLAMA_PY_CACHED_FIRST"):
         settings.load({"OLLAMA_PY_CACHED_FIRST": "-1"})
+
 
 def _written(directory: Path, key: dict[str, object]) -> Path:
     disk = DiskCache(directory, key, 1 << 30)

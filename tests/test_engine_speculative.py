@@ -165,8 +165,8 @@ def test_drafter_proposes_what_followed_the_latest_match_as_far_as_its_record_ea
         drafter.draft(8)
     assert drafter.draft(8) == [6]  # steps without drafts bring the record back towards the prior: it tries again
     fresh = Drafter([], max_draft=16)
-    assert fresh.length(sharing=1) == 2
-    assert fresh.length(sharing=8) == 0  # beside 7 other streams a row costs more than an untested record earns
+    assert fresh.record.length(sharing=1) == 2
+    assert fresh.record.length(sharing=8) == 0  # beside 7 other streams a row costs more than an untested record earns
 
 
 def test_drafts_end_before_an_image() -> None:

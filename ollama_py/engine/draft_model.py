@@ -33,7 +33,7 @@ from ollama_py.store import vocab_match
 
 log = logging.getLogger(__name__)
 
-# Tokens the draft context decodes at once when it catches up with a prompt.
+# Tokens the draft context decodes in a step while it catches up with a prompt (no drafts until it has).
 _BATCH = 512
 
 
@@ -71,15 +71,19 @@ class DraftModel:
     def drafter(self, seq: int, tokens: Iterable[int], max_draft: int) -> ModelDrafter:
         return ModelDrafter(self, seq, tokens, max_draft)
 
-    def propose(self, seq: int, tokens: list[int], limit: int) -> list[int]:
-        """Up to `limit` tokens the draft model writes greedily after `tokens` in sequence `seq`."""
+    def propose(self, seq: int, tokens: list[int], limit: int) -> list[int] | None:
+        """Up to `limit` tokens the draft model writes greedily after `tokens` in sequence `seq`: none while it
+        is still reading them (a chunk a step, so a long prompt never holds up the other streams), and None
+        when it never can (a token beyond its vocabulary, a failed decode)."""
         if limit <= 0 or not tokens or len(tokens) + limit > self.num_ctx:
             return []
         try:
             index = self._catch_up(seq, tokens)
+            if index is None:
+                return None
             held = self._held[seq]
             drafts: list[int] = []
-            while True:
+            while index >= 0:
                 token = self._greedy.sample(self._ctx, index, accept=False)
                 if token >= self._target_tokens or self._vocab.is_eog(token):
                     return drafts  # the target verifies an end itself, from the row before it
@@ -90,28 +94,32 @@ class DraftModel:
                 index = self._batch.add(token, len(held), (seq,), True)
                 self._ctx.decode(self._batch)
                 held.append(token)
+            return drafts
         except DecodeError as exc:
-            log.warning("draft model %s: decode failed, no draft this step: %s", self.model.path.name, exc)
+            log.warning("draft model %s: decode failed, no more drafts for this request: %s",
+                        self.model.path.name, exc)
             self._ctx.seq_rm(seq)
             self._held[seq].clear()
-            return []
+            return None
 
-    def _catch_up(self, seq: int, tokens: list[int]) -> int:
-        """Makes sequence `seq` hold `tokens`, keeping what it shares with them; the logits row of the last."""
+    def _catch_up(self, seq: int, tokens: list[int]) -> int | None:
+        """Brings sequence `seq` one chunk closer to holding `tokens`, keeping what it shares with them: the
+        logits row of the last token once it holds them all, -1 before; None when a token is not the draft's."""
         held = self._held[seq]
         keep = min(common_prefix(held, tokens), len(tokens) - 1)  # the last is decoded again for its logits
         if not self._ctx.seq_rm(seq, keep, -1):
             self._ctx.seq_rm(seq)
             keep = 0
         del held[keep:]
-        index = -1
-        while len(held) < len(tokens):
-            chunk = tokens[len(held):len(held) + self._ctx.n_batch]
-            self._batch.clear()
-            index = self._batch.add_sequence(chunk, len(held), seq, last_output=len(held) + len(chunk) == len(tokens))
-            self._ctx.decode(self._batch)
-            held.extend(chunk)
-        return index
+        chunk = tokens[len(held):len(held) + self._ctx.n_batch]
+        if max(chunk) >= self._vocab.n_tokens:
+            return None  # the target's vocabulary may be up to 128 tokens longer
+        last = len(held) + len(chunk) == len(tokens)
+        self._batch.clear()
+        index = self._batch.add_sequence(chunk, len(held), seq, last_output=last)
+        self._ctx.decode(self._batch)
+        held.extend(chunk)
+        return index if last else -1
 
     def close(self) -> None:
         self._greedy.close()
@@ -136,7 +144,11 @@ class ModelDrafter:
         if limit <= 0:
             self.record.idle()
             return []
-        return self._model.propose(self._seq, self._tokens, limit)
+        drafts = self._model.propose(self._seq, self._tokens, limit)
+        if drafts is None:
+            self.record.max_draft = 0  # this sequence can never be drafted for: stop asking
+            return []
+        return drafts
 
     def feedback(self, drafted: int, taken: int) -> None:
         self.record.feedback(drafted, taken)

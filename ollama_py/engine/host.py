@@ -190,8 +190,10 @@ class _Host:
         try:
             if load.projector:
                 projector = Projector(load.projector, model, n_threads=load.runner.num_thread)
-            if load.draft:  # on the GPU when the model's layers are
-                draft = Model(load.draft, ModelOptions(n_gpu_layers=-1 if load.num_gpu else 0))
+            if load.draft:
+                # On the GPU when the model's layers are; never on RPC workers, where each of its one-token
+                # decodes would cross the network.
+                draft = Model(load.draft, ModelOptions(n_gpu_layers=-1 if load.num_gpu and not self._endpoints else 0))
             runner = Runner(model, load.runner, on_cancelled=self._stats_changed,
                             projector=Path(load.projector) if load.projector else None, draft=draft)
             formatter = ChatFormatter(model, load.template, self._limits, projector=projector)

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import itertools
 import logging
 import queue
 import threading
@@ -546,8 +547,9 @@ class Runner:
         Under a queue, a conversation coming back then goes on before new ones start: its state is still
         there to reuse, and its user waits for the next free slot instead of the whole queue
         (SGLang's longest-prefix-match order, bounded so that nobody waits for ever). How much is cached is
-        counted once, when a request comes, so choosing costs nothing however long the queue: a slot's
-        state stays cached when the slot is taken (saved to RAM), so the count goes stale only by eviction.
+        counted once, when a request comes, so choosing is a scan of numbers however long the queue or the
+        caches: a slot's state goes to RAM when the slot is taken, so the count goes stale only by eviction
+        (or at once with the RAM tier off, which changes the order and nothing else).
         """
         bound = self.options.cached_first
         best = 0
@@ -560,14 +562,15 @@ class Runner:
                     break  # due: nobody behind it goes first
         submit = self._waiting[best]
         del self._waiting[best]
-        for index in range(best):
-            self._waiting[index].passed += 1
+        for passed in itertools.islice(self._waiting, best):
+            passed.passed += 1
         return submit
 
     def _cached(self, prompt: tuple[int, ...]) -> int:
-        """How many leading tokens of `prompt` a slot or a state saved in RAM holds."""
-        in_slots = max(common_prefix(s.cache, prompt) for s in self._slots)
-        return max(in_slots, self._ram.longest(prompt)[1]) if self._ram is not None else in_slots
+        """How many leading tokens of `prompt` a slot, a state saved in RAM or one on disk holds."""
+        return max(max(common_prefix(s.cache, prompt) for s in self._slots),
+                   self._ram.longest(prompt)[1] if self._ram is not None else 0,
+                   self._disk.longest(prompt) if self._disk is not None else 0)
 
     def _save(self, slot: _Slot, kept: int) -> None:
         """Keeps in RAM what the slot holds when its next request keeps only `kept` tokens of it."""

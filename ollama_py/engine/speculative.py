@@ -193,9 +193,6 @@ class Drafter:
                 return next((draft[:k] for k, token in enumerate(draft) if token < 0), draft)
         return []
 
-    def length(self, sharing: int = 1) -> int:
-        return self.record.length(sharing)
-
     def feedback(self, drafted: int, taken: int) -> None:
         """Records how much of the last draft the sampler took."""
         self.record.feedback(drafted, taken)
