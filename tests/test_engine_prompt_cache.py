@@ -122,6 +122,28 @@ async def test_disk_tier_turn_two_after_a_restart_evaluates_only_new_tokens(
     assert fresh.tokens
 
 
+async def finishing_order(model: Model, runner: Runner, waiting: list[tuple[str, tuple[int, ...]]]
+                          ) -> list[tuple[str, Result]]:
+    """Submits the requests, in order, while a request holds the runner's one slot, then frees the slot:
+    the order in which they finish is the order in which they got it."""
+    # Holds the slot until cancelled: the grammar allows no end for hundreds of tokens.
+    busy = runner.submit(GenerationRequest(id="busy", prompt=prompt_of(model, "Spell a long word."),
+                                           sampling=Sampling(temperature=0, num_predict=-1),
+                                           grammar=Grammar(gbnf="root ::= [a-z]{2000}")))
+    await anext(busy)
+    finished: list[tuple[str, Result]] = []
+
+    async def request(label: str, prompt: tuple[int, ...]) -> None:
+        finished.append((label, await run(runner, prompt)))
+
+    tasks = [asyncio.create_task(request(label, prompt)) for label, prompt in waiting]
+    while runner.stats().waiting < len(tasks):
+        await asyncio.sleep(0.01)
+    await busy.aclose()
+    await asyncio.gather(*tasks)
+    return finished
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("cached_first, expected", [(0, ["new", "back", "back"]), (1, ["back", "new", "back"])])
 async def test_a_returning_conversation_goes_first_but_passes_each_request_a_bounded_number_of_times(
@@ -129,33 +151,17 @@ async def test_a_returning_conversation_goes_first_but_passes_each_request_a_bou
     """One slot, busy; a new conversation waits, then two come back. With `cached_first` the first to come
     back goes first, reusing its saved state, but passes the new one only once: then the new one's turn."""
     firsts = [prompt_of(model, "Do you sell rye bread?"), prompt_of(model, "Do you bake cakes to order?")]
+    added = follow_up(model, "How much is it?")
     with Runner(model, options(cache_ram=64 << 20, cached_first=cached_first)) as runner:
-        returning = []
-        for first in firsts:
-            answer = await run(runner, first)
-            returning.append(first + tuple(answer.tokens) + follow_up(model, "How much is it?"))
-        # Holds the slot until cancelled: the grammar allows no end for hundreds of tokens.
-        busy = runner.submit(GenerationRequest(id="busy", prompt=prompt_of(model, "Spell a long word."),
-                                               sampling=Sampling(temperature=0, num_predict=-1),
-                                               grammar=Grammar(gbnf="root ::= [a-z]{2000}")))
-        await anext(busy)
-        finished: list[tuple[str, Result]] = []
-
-        async def request(label: str, prompt: tuple[int, ...]) -> None:
-            finished.append((label, await run(runner, prompt)))
-
-        waiting = [asyncio.create_task(request("new", prompt_of(model, "When do you open on Sunday?"))),
-                   asyncio.create_task(request("back 1", returning[0])),
-                   asyncio.create_task(request("back 2", returning[1]))]
-        while runner.stats().waiting < len(waiting):
-            await asyncio.sleep(0.01)
-        await busy.aclose()
-        await asyncio.gather(*waiting)
+        returning = [first + tuple((await run(runner, first)).tokens) + added for first in firsts]
+        finished = await finishing_order(model, runner, [
+            ("new", prompt_of(model, "When do you open on Sunday?")),
+            ("back 1", returning[0]), ("back 2", returning[1])])
     assert [label.split()[0] for label, _ in finished] == expected
     for label, result in finished:
         if label.startswith("back"):  # the state its first turn left in RAM, whichever order it ran in
             prompt = returning[int(label[-1]) - 1]
-            assert result.done.prompt_cached > len(prompt) - len(follow_up(model, "How much is it?")) - 2
+            assert result.done.prompt_cached > len(prompt) - len(added) - 2
 
 
 def test_cached_first_is_on_by_default_and_refuses_a_negative_number() -> None:
