@@ -7,6 +7,7 @@ real SIGINT from the terminal driver, as a user's is.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import fcntl
 import os
@@ -67,10 +68,10 @@ class Terminal:
             elif not ESCAPES.fullmatch(piece):
                 self.screen += piece
 
-    def expect(self, pattern: str) -> re.Match[str]:
+    def expect(self, pattern: str, within: float = START_GUARD) -> re.Match[str]:
         """Waits for `pattern` in what appeared since the last match, and moves past it."""
         regex = re.compile(pattern, re.S)
-        deadline = time.monotonic() + START_GUARD
+        deadline = time.monotonic() + within
         while True:
             found = regex.search(self.screen, self._seen)
             if found:
@@ -160,10 +161,23 @@ def test_ctrl_c_stops_the_answer_not_the_chat(terminal: Terminal) -> None:
     terminal.type("Say hello.\n")
     terminal.expect(r"Say hello\.\n(.+?)\n\n>>> ")  # still chatting after the interrupted answer
 
-    terminal.type("\x03")
-    terminal.expect(r"Use Ctrl \+ d or /bye to exit\.\n>>> ")
+    ctrl_c_at_the_prompt(terminal)
     terminal.type("\x04")
     assert terminal.wait() == 0
+
+
+def ctrl_c_at_the_prompt(terminal: Terminal) -> None:
+    """Presses Ctrl-C at `>>> ` until the REPL says how to leave, as a user would press it again.
+
+    CPython's readline can miss a SIGINT that lands after the prompt is printed and before it waits for a key
+    (the signal handler only sets a flag, and the wait does not look at it): seen once on a loaded machine.
+    """
+    for _ in range(5):
+        terminal.type("\x03")
+        with contextlib.suppress(AssertionError):
+            terminal.expect(r"Use Ctrl \+ d or /bye to exit\.\n>>> ", within=5)
+            return
+    raise AssertionError(f"Ctrl-C at the prompt never answered; the terminal shows:\n{terminal.screen[-3000:]}")
 
 
 def test_unknown_commands_help_and_history(server: Server, model: str, tmp_path: Path) -> None:
