@@ -470,15 +470,19 @@ def restart_table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
                          for label in labels]]
     others = [label for label in labels if label != "candidate"]
     head += [f"**turn 2 TTFT, candidate / {label}**" for label in others]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for streams, summary in results.items():
         cells = [str(streams)]
         for label in labels:
             s = summary[label]
             cells.append(f"{s['ttft_p50_ms'][0]:.0f} / {s['ttft_p50_ms'][1]:.0f}, {s['cached_share'][1]:.0%}")
         cells += [f"**{summary[f'candidate/{label}']['ttft_p50_after_restart']:.3f}**" for label in others]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        rows.append(cells)
+    return markdown_table(head, rows)
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head), *rows])
 
 
 def summarize_chat(servers: list[Server]) -> dict[str, Any]:
@@ -503,11 +507,9 @@ def summarize_chat(servers: list[Server]) -> dict[str, Any]:
 def chat_table(summary: dict[str, Any], labels: list[str]) -> str:
     turns = len(summary[labels[0]]["ttft_p50_ms"])
     head = ["server", "tok/s", *[f"TTFT p50 / p99 turn {t + 1} (ms)" for t in range(turns)]]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label in labels:
-        s = summary[label]
-        rows.append("| " + " | ".join([label, f"{s['tps_median']:.1f}", *[
-            f"{s['ttft_p50_ms'][t]:.0f} / {s['ttft_p99_ms'][t]:.0f}" for t in range(turns)]]) + " |")
+    rows = [markdown_table(head, [[label, f"{summary[label]['tps_median']:.1f}", *[
+        f"{summary[label]['ttft_p50_ms'][t]:.0f} / {summary[label]['ttft_p99_ms'][t]:.0f}" for t in range(turns)]]
+        for label in labels])]
     for label in labels:
         if label != "candidate":
             ratio = summary[f"candidate/{label}"]
@@ -568,7 +570,7 @@ def table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
     head += ["TTFT p50 ms (" + " / ".join(labels) + ")", "CPU ms/token (" + " / ".join(labels) + ")",
              "decode tok/s a stream (" + " / ".join(labels) + ")"]
     head += [f"decode candidate / {label}" for label in others]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for streams, summary in results.items():
         cells = [str(streams)]
         for label in labels:
@@ -584,8 +586,8 @@ def table(results: dict[int, dict[str, Any]], labels: list[str]) -> str:
         for label in others:
             ratio = summary[f"candidate/{label}"]
             cells.append(f"{ratio['decode_ratio_of_medians']:.3f} (paired {ratio['decode_paired_median']:.3f})")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def default_gguf() -> Path:
