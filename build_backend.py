@@ -343,9 +343,13 @@ def build_shim(dist: Path) -> Path:
     cxx = os.environ.get("CXX") or find_tool(("c++", "g++", "clang++"), "a C++ compiler")
     out.parent.mkdir(parents=True, exist_ok=True)
     include = dist / "include"
+    pin = read_pin()
+    if not source_extracted(pin):  # a cached build without the source: the shim needs llama.cpp's src/ headers
+        extract_subtree(fetch_sdist(pin), pin)
     cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
-           f"-I{include}", f"-I{include / 'common'}", str(source), "-o", str(out) + ".tmp",
-           f"-L{dist / 'lib'}", "-l:libllama-common.so.0", "-l:libllama.so.0", "-Wl,-rpath,$ORIGIN"]
+           f"-I{include}", f"-I{include / 'common'}", f"-I{SOURCE_DIR / 'src'}", str(source), "-o", str(out) + ".tmp",
+           f"-L{dist / 'lib'}", "-l:libllama-common.so.0", "-l:libllama.so.0", "-l:libggml-cpu.so.0",
+           "-l:libggml-base.so.0", "-Wl,-rpath,$ORIGIN"]
     log("compiling the C shim")
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

@@ -79,6 +79,22 @@ def test_quoting_answer_is_token_identical_in_fewer_steps(model: Model, plain: R
     assert steps <= 48 - accepted + 1
 
 
+def test_answer_past_256_tokens_of_context_is_identical_to_the_bit(model: Model, plain: Runner,
+                                                                     drafting: Runner) -> None:
+    # Past 256 tokens the KV view reaches 512 cells, where ggml's CPU attention sums a lone row's cells in
+    # another order than several rows'; rows decoded alone and in drafts must still agree to the last bit.
+    notes = "\n\n".join(f"Note {n}. {PASSAGE}" for n in range(1, 5))
+    request = GenerationRequest(
+        id="long", prompt=chat_prompt(model, f"Here are the keeper's notes:\n\n{notes}\n\nRepeat note 4 "
+                                             "exactly, word for word."),
+        sampling=Sampling(temperature=0, num_predict=48), logprobs=True, top_logprobs=2)
+    assert len(request.prompt) > 300
+    expected, got, accepted, _ = both(plain, drafting, request)
+    assert got[0] == expected[0]
+    assert got[2] == expected[2]  # each token's log-probabilities, exactly as decoded alone
+    assert accepted >= 16, f"only {accepted} drafted tokens accepted for a quoted passage"
+
+
 def test_stop_string_inside_a_draft_ends_the_answer_where_it_would(model: Model, plain: Runner,
                                                                   drafting: Runner) -> None:
     expected, got, accepted, _ = both(plain, drafting, quote(model, 80, stop=("twelve steps",)))

@@ -53,30 +53,41 @@ FADE = 0.5
 RECOVER = 0.9
 
 
-# Enough tokens for every kernel llama.cpp picks by batch size (one token; two or more; four or more).
+# Enough tokens for every kernel llama.cpp picks by batch size (one token; two or more; four or more), after
+# a prefix long enough for the KV view to reach 512 cells, where ggml's CPU attention changes path for one row.
 _PROBE = "The quick brown fox jumps over the lazy dog"
 _PROBE_TOKENS = 6
+_PROBE_PREFIX = 260
 
 
 def batch_invariant(ctx: Context, vocab: Vocab, seq: int) -> bool:
     """Whether tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time.
 
-    Decodes a few tokens both ways in sequence `seq`, which must be empty and is left empty.
+    Decodes a few tokens both ways in sequence `seq`, after a prefix as long as the context allows; the
+    sequence must be empty and is left empty.
     """
     tokens = vocab.tokenize(_PROBE, add_special=True)[:_PROBE_TOKENS]
     if ctx.n_ctx_seq <= len(tokens):
         return False
+    filler = vocab.tokenize(" " + _PROBE, add_special=False)
+    start = min(_PROBE_PREFIX, ctx.n_ctx_seq - len(tokens) - 1)
+    prefix = (filler * (start // len(filler) + 1))[:start]
     try:
-        with Batch(len(tokens), 1) as batch:
-            for pos, token in enumerate(tokens):
-                batch.add(token, pos, (seq,), True)
+        with Batch(max(ctx.n_batch, len(tokens)), 1) as batch:
+            for at in range(0, start, ctx.n_batch):
+                batch.clear()
+                batch.add_sequence(prefix[at:at + ctx.n_batch], at, seq, last_output=True)
+                ctx.decode(batch)
+            batch.clear()
+            for i, token in enumerate(tokens):
+                batch.add(token, start + i, (seq,), True)
             ctx.decode(batch)
             together = [bytes(ctx.logits(i)) for i in range(len(tokens))]
-            ctx.seq_rm(seq)
+            ctx.seq_rm(seq, start)
             alone = []
-            for pos, token in enumerate(tokens):
+            for i, token in enumerate(tokens):
                 batch.clear()
-                batch.add(token, pos, (seq,), True)
+                batch.add(token, start + i, (seq,), True)
                 ctx.decode(batch)
                 alone.append(bytes(ctx.logits(0)))
     except DecodeError:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ollama_py.llama import adapter, capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.handle import Handle
-from ollama_py.llama.lib import LlamaError, llama
+from ollama_py.llama.lib import LlamaError, llama, shim
 from ollama_py.llama.model import Model
 
 
@@ -98,8 +98,15 @@ class Context(Handle):
         self.n_seq_max: int = lib.llama_n_seq_max(ptr)
         self.pooling: int = lib.llama_pooling_type(ptr)
         self._n_vocab = model.vocab.n_tokens
+        self._reference = False
 
     def decode(self, batch: Batch) -> None:
+        # A lone token goes through ggml's reference CPU kernels, so that its logits are those it gets beside
+        # other tokens (a draft's, other sequences'): see ollama_py_cpu_reference in native/shim.cpp.
+        lone = len(batch) == 1
+        if lone != self._reference:
+            shim().ollama_py_cpu_reference(self.ptr, lone)
+            self._reference = lone
         code = llama().llama_decode(self.ptr, batch.c)
         if code == 0:
             return
