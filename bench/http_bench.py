@@ -48,9 +48,11 @@ drafts by default (OLLAMA_PY_DRAFT_MAX); llama-server gets its own n-gram
 speculation (--llama-spec, by default ngram-simple with a 3-token lookup and
 16-token drafts, ollama-py's longest draft; llama-server's own defaults, 12
 and 48, draft less often). --also-without-drafts adds the candidate with
-OLLAMA_PY_DRAFT_MAX=0, so the table shows what the drafts themselves gain.
+OLLAMA_PY_DRAFT_MAX=0, so the table shows what the drafts themselves gain;
+--also-llama-defaults adds llama-server as it starts without speculation
+flags (no speculation: what its users get unless they ask).
 
-    .venv/bin/python bench/http_bench.py --workload grounded --streams 1 --rounds 5 --also-without-drafts
+    .venv/bin/python bench/http_bench.py --workload grounded --streams 1 --rounds 5 --also-without-drafts --also-llama-defaults
 
 `--workload restart` is the chat's second turn after a restart: --streams
 conversations take their first turn at once, every server is stopped and
@@ -244,14 +246,15 @@ def ollama_py(label: str, binary: Path, args: argparse.Namespace, streams: int, 
     return Server(label, [str(binary), "serve"], env, BENCH_MODEL, scratch / f"{label}-{streams}.log", port)
 
 
-def llama_server(binary: Path, gguf: Path, args: argparse.Namespace, streams: int, scratch: Path) -> Server:
+def llama_server(binary: Path, gguf: Path, args: argparse.Namespace, streams: int, scratch: Path,
+                 label: str = "llama-server", spec: bool = True) -> Server:
     port = free_port()
     argv = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "-np", str(streams), "-c", str(args.ctx * streams), "-t", str(args.threads), "-tb", str(args.threads),
             "-fa", args.flash_attention, "-ngl", str(args.ngl), "-b", "512", "-ub", "512", "--no-webui"]
-    if args.workload == "grounded":
+    if args.workload == "grounded" and spec:
         argv += args.llama_spec.split()
-    return Server("llama-server", argv, dict(os.environ), "smollm2", scratch / f"llama-server-{streams}.log", port)
+    return Server(label, argv, dict(os.environ), "smollm2", scratch / f"{label}-{streams}.log", port)
 
 
 async def ready(session: aiohttp.ClientSession, server: Server, args: argparse.Namespace) -> None:
@@ -626,6 +629,8 @@ def main() -> None:
                         "--spec-ngram-simple-size-m 16", help="grounded: llama-server's speculation flags")
     parser.add_argument("--also-without-drafts", action="store_true",
                         help="also the candidate with OLLAMA_PY_DRAFT_MAX=0 (what drafting itself gains)")
+    parser.add_argument("--also-llama-defaults", action="store_true",
+                        help="grounded: also llama-server without --llama-spec (what its users get by default)")
     parser.add_argument("--conversations", type=int, default=32, help="chat: users at once")
     parser.add_argument("--turns", type=int, default=4, help="chat: turns per conversation")
     parser.add_argument("--candidate", type=Path, default=ROOT / ".venv" / "bin" / "ollama-py")
@@ -662,6 +667,8 @@ def main() -> None:
             servers.insert(0, ollama_py("baseline", args.baseline, args, streams, scratch))
         if llama_bin is not None and gguf is not None:
             servers.append(llama_server(llama_bin, gguf, args, streams, scratch))
+            if args.also_llama_defaults and args.workload == "grounded":
+                servers.append(llama_server(llama_bin, gguf, args, streams, scratch, "llama-server-nospec", False))
         labels = [s.label for s in servers]
         try:
             for s in servers:

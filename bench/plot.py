@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-NAMES = {"candidate": "ollama-py", "candidate-nodraft": "ollama-py, drafting off", "llama-server": "llama-server"}
+NAMES = {"candidate": "ollama-py", "candidate-nodraft": "ollama-py, drafting off", "llama-server": "llama-server",
+         "llama-server-nospec": "llama-server, no speculation"}
 
 
 def servers(summary: dict[str, Any]) -> list[str]:
@@ -67,13 +68,19 @@ def grounded(data: dict[str, Any], axes: list[Axes]) -> None:
     labels = servers(summary)
     decode, total = axes
     colors = [f"C{i}" for i in range(len(labels))]
-    names = [NAMES.get(label, label).replace(", ", ",\n") for label in labels]
-    ratio = summary["candidate/llama-server"]
+    # Here llama-server speculates (http_bench's --llama-spec) unless its label says otherwise.
+    names = [{"llama-server": "llama-server, n-gram"}.get(label, NAMES.get(label, label)).replace(", ", ",\n")
+             for label in labels]
+    others = [label for label in labels if label.startswith("llama-server")]
+
+    def ratios(key: str) -> str:
+        return ", ".join(f"{summary[f'candidate/{label}'][key]:.2f}x" for label in others)
+
     decode.bar(names, [summary[label]["decode_tps_median"] for label in labels], color=colors)
-    decode.set(title=f"(c) grounded: decode a stream ({ratio['decode_ratio_of_medians']:.2f}x)",
+    decode.set(title=f"(c) grounded: decode a stream ({ratios('decode_ratio_of_medians')})",
                ylabel="tokens/s after the first")
     total.bar(names, [summary[label]["tps_median"] for label in labels], color=colors)
-    total.set(title=f"(c) grounded: with the prompt ({ratio['ratio_of_medians']:.2f}x)", ylabel="tokens/s")
+    total.set(title=f"(c) grounded: with the prompt ({ratios('ratio_of_medians')})", ylabel="tokens/s")
 
 
 def restart(data: dict[str, Any], axes: list[Axes]) -> None:
