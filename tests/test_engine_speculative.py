@@ -79,20 +79,49 @@ def test_quoting_answer_is_token_identical_in_fewer_steps(model: Model, plain: R
     assert steps <= 48 - accepted + 1
 
 
+def about_the_notes(model: Model, ask: str) -> GenerationRequest:
+    """A request whose prompt passes 300 tokens: past 256 the KV view reaches 512 cells, where ggml's CPU
+    attention would treat a lone row otherwise than several. The question comes first, so that no two of
+    these prompts share more than the template's first tokens (a longer shared prefix is taken from a
+    slot's cache, and the rest of the prompt then computes in other chunks)."""
+    notes = "\n\n".join(f"Note {n}. {PASSAGE}" for n in range(1, 5))
+    request = GenerationRequest(id=ask, prompt=chat_prompt(model, f"{ask}\n\nThe keeper's notes:\n\n{notes}"),
+                                sampling=Sampling(temperature=0, num_predict=48), logprobs=True, top_logprobs=2)
+    assert len(request.prompt) > 300
+    return request
+
+
 def test_answer_past_256_tokens_of_context_is_identical_to_the_bit(model: Model, plain: Runner,
                                                                      drafting: Runner) -> None:
-    # Past 256 tokens the KV view reaches 512 cells, where ggml's CPU attention sums a lone row's cells in
-    # another order than several rows'; rows decoded alone and in drafts must still agree to the last bit.
-    notes = "\n\n".join(f"Note {n}. {PASSAGE}" for n in range(1, 5))
-    request = GenerationRequest(
-        id="long", prompt=chat_prompt(model, f"Here are the keeper's notes:\n\n{notes}\n\nRepeat note 4 "
-                                             "exactly, word for word."),
-        sampling=Sampling(temperature=0, num_predict=48), logprobs=True, top_logprobs=2)
-    assert len(request.prompt) > 300
+    request = about_the_notes(model, "Repeat note 4 exactly, word for word.")
     expected, got, accepted, _ = both(plain, drafting, request)
     assert got[0] == expected[0]
     assert got[2] == expected[2]  # each token's log-probabilities, exactly as decoded alone
     assert accepted >= 16, f"only {accepted} drafted tokens accepted for a quoted passage"
+
+
+def test_long_streams_together_match_running_alone_to_the_bit(model: Model) -> None:
+    # A short request takes the middle of three slots and ends at once; the two long streams left in slots
+    # 0 and 2 are then cut by llama.cpp into micro-batches of their own each step (it joins only consecutive
+    # sequences), one of a single row. Fresh runners: a prompt part of which a slot still holds computes
+    # its rest in other cuts, which changes its last bits (docs/api.md).
+    options = msgspec.structs.replace(OPTIONS, num_parallel=3)
+    requests = [about_the_notes(model, "Repeat note 2 exactly, word for word."),
+                GenerationRequest(id="short", prompt=chat_prompt(model, "Hi"), sampling=Sampling(num_predict=1)),
+                about_the_notes(model, "What did the keeper write every morning, and why did it matter?")]
+    alone = []
+    for request in requests[::2]:
+        with Runner(model, msgspec.structs.replace(options, draft_max=0)) as plain:
+            alone.append(asyncio.run(collect(plain, request)))
+
+    async def together(runner: Runner) -> list[tuple]:
+        return list(await asyncio.gather(*(collect(runner, r) for r in requests)))
+
+    with Runner(model, options) as drafting:
+        for got, expected in zip(asyncio.run(together(drafting))[::2], alone, strict=True):
+            assert got[0] == expected[0]
+            assert got[2] == expected[2]
+        assert drafting.stats().accepted >= 16
 
 
 def test_stop_string_inside_a_draft_ends_the_answer_where_it_would(model: Model, plain: Runner,

@@ -69,6 +69,9 @@ _FLASH_ATTENTION = {"auto": capi.FLASH_ATTN_AUTO, "on": capi.FLASH_ATTN_ENABLED,
 # Tokens one step may hold (llama-server's n_batch); num_batch, the micro-batch llama.cpp computes at once
 # (its n_ubatch), splits them. A larger step prefills a long prompt in fewer steps.
 _STEP_TOKENS = 2048
+# From this many rows of a sequence in a micro-batch, ggml's CPU flash attention computes them tile by tile
+# (GGML_FA_TILE_Q), below it row by row: the same row gets other bits each way.
+TILED_ROWS = 64
 
 
 class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -264,8 +267,7 @@ class Runner:
             kv_type = "f16"
         kv = _KV_TYPES[kv_type]
         # One KV stream per slot (kv_unified off): each slot gets exactly num_ctx,
-        # as in Ollama, and a slot's attention never sees another slot's cells,
-        # so batching cannot change what a sequence computes.
+        # as in Ollama, and a slot's attention never sees another slot's cells.
         self._ctx = Context(model, ContextOptions(
             n_ctx=n_ctx * options.num_parallel, n_batch=self._capacity, n_ubatch=micro,
             n_seq_max=options.num_parallel, n_threads=options.num_thread, n_threads_batch=options.num_thread,
@@ -277,6 +279,10 @@ class Runner:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._can_shift = self._ctx.can_shift()
+        # Generated rows decode with ggml's reference CPU kernels where its flash attention would otherwise
+        # treat a lone row differently (an f16 cache): a token's logits then never depend on which rows
+        # share its step, so drafts are exact and a request answers alone as it does beside others.
+        self._exact_rows = kv_type == "f16" and options.flash_attention != "off"
         # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py);
         # the runner thread checks that before its first step.
         self._draft_max = options.draft_max
@@ -312,7 +318,7 @@ class Runner:
         self._thread.start()
 
     def _exact_drafts(self) -> bool:
-        if batch_invariant(self._ctx, self._vocab, 0):  # before any slot holds anything
+        if batch_invariant(self._ctx, self._vocab, 0, self._draft_max + 1, self._exact_rows):  # slots empty
             return True
         if self._draft_model is not None:
             self._draft_model.close()
@@ -609,8 +615,8 @@ class Runner:
         return sampler
 
     def _step_once(self, batch: Batch, outbox: list[tuple[_Stream, Event | Failed]]) -> None:
+        """One step: the generating slots' next tokens (and drafts) in one decode, then prompt chunks."""
         batch.clear()
-        in_batch: list[_Slot] = []
         generating = [s for s in self._slots if s.job is not None and s.job.next_token is not None]
         # Drafts take at most half of a micro-batch, so a prompt waiting for its prefill still moves.
         draft_room = self._micro // 2 - len(generating)
@@ -622,45 +628,74 @@ class Runner:
             job.out_index = batch.add(job.next_token, len(slot.cache), (slot.seq,), True)
             slot.cache.append(job.next_token)
             job.next_token = None
-            in_batch.append(slot)
             if job.drafter is not None and draft_room > 0:
                 draft_room -= self._add_drafts(batch, slot, job, draft_room, len(generating))
-        # While streams are generating, prompts fill only one micro-batch per step: a long prompt arriving
-        # then costs each running stream one micro-batch of delay per token, not a whole step's worth.
-        limit = self._micro if in_batch else self._capacity
+        self._decode(batch, generating, outbox, reference=self._exact_rows)
+        # While streams are generating, prompts fill one micro-batch per step: a long prompt arriving then costs
+        # each running stream one micro-batch of delay per token, not a whole step's worth.
+        room = self._micro if generating else self._capacity
+        cuts: list[tuple[_Slot, int]] = []
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.pending),
                            key=lambda s: s.job.submit.submitted_ns if s.job else 0):
-            room = limit - len(batch)
-            if room <= 0:
-                break
             job = slot.job
             assert job is not None
             if job.pending[0] < 0 and not self._prefill_image(slot, job, outbox):
                 continue
-            chunk = job.pending[:vision.text_run(job.pending, room)]
-            if not chunk:  # another image next: the next step takes it
+            run = vision.text_run(job.pending, len(job.pending))
+            if not run:  # another image next: the next step takes it
                 continue
-            last = len(chunk) == len(job.pending)
-            index = batch.add_sequence(chunk, len(slot.cache), slot.seq, last_output=last)
-            job.out_index = index if last else -1
-            slot.cache.extend(chunk)
-            del job.pending[:len(chunk)]
-            in_batch.append(slot)
-        if not in_batch:
+            # Whole micro-batches, or the rest of the text (before an image, or to the end), however many
+            # prompts share the step: a prompt is cut the same way alone or beside others.
+            take = run if run <= room else room - room % self._micro
+            if take <= 0:
+                break
+            room -= take
+            cuts.append((slot, take))
+        # A cut long enough for the tiled attention decodes by itself (llama.cpp would cut it again to match
+        # rows with another prompt's); short cuts together, with the kernels generated rows use: either way a
+        # prompt's rows compute as they do alone.
+        for slot, take in cuts:
+            if take >= TILED_ROWS:
+                batch.clear()
+                self._add_cut(batch, slot, take)
+                self._decode(batch, [slot], outbox)
+        batch.clear()
+        short = [slot for slot, take in cuts if take < TILED_ROWS]
+        for slot, take in cuts:
+            if take < TILED_ROWS:
+                self._add_cut(batch, slot, take)
+        self._decode(batch, short, outbox, reference=self._exact_rows)
+
+    @staticmethod
+    def _add_cut(batch: Batch, slot: _Slot, take: int) -> None:
+        """Moves the first `take` pending prompt tokens of the slot into the batch; the last one has logits."""
+        job = slot.job
+        assert job is not None
+        last = take == len(job.pending)
+        index = batch.add_sequence(job.pending[:take], len(slot.cache), slot.seq, last_output=last)
+        job.out_index = index if last else -1
+        slot.cache.extend(job.pending[:take])
+        del job.pending[:take]
+
+    def _decode(self, batch: Batch, slots: list[_Slot], outbox: list[tuple[_Stream, Event | Failed]], *,
+                reference: bool = False) -> None:
+        """Decodes the batch `slots` filled and samples each slot whose row has logits; on failure fails
+        them all."""
+        if not slots:
             return
         self._step += 1
         try:
-            self._ctx.decode(batch)
+            self._ctx.decode(batch, reference=reference)
         except DecodeError as exc:
-            log.error("decode failed for %d slots: %s", len(in_batch), exc)
-            for slot in in_batch:
+            log.error("decode failed for %d slots: %s", len(slots), exc)
+            for slot in slots:
                 assert slot.job is not None
                 outbox.append((slot.job.submit.stream, Failed(message=str(exc))))
                 self._release(slot)
                 self._ctx.seq_rm(slot.seq)
                 slot.cache.clear()
             return
-        for slot in in_batch:
+        for slot in slots:
             job = slot.job
             assert job is not None
             if job.out_index >= 0:
@@ -668,7 +703,7 @@ class Runner:
 
     def _prefill_image(self, slot: _Slot, job: _Job, outbox: list[tuple[_Stream, Event | Failed]]) -> bool:
         """Encodes the image at the head of the slot's pending prompt and decodes its embeddings, in a decode
-        of their own before this step's batch; False when that failed and the slot was freed."""
+        of their own; False when that failed and the slot was freed."""
         request = job.submit.request
         assert request.images is not None
         try:

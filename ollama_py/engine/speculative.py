@@ -14,8 +14,10 @@ That holds only where a row's logits do not depend on how many tokens share
 its batch, which depends on the weights' types and the backend. With the
 default model (Q4_1) on the CPU with flash attention every verified row
 equals the one-token decode bit for bit (measured up to 33 tokens a
-sequence, with f16, q8_0 and q4_0 KV caches), and so do Q8_0 and Q4_0
-copies of it. Without flash attention the attention product changes shape
+sequence, with f16, q8_0 and q4_0 KV caches; past 256 tokens of context an
+f16 cache needs the reference kernels the runner decodes generated rows
+with, see Context.reference_kernels), and so do Q8_0 and Q4_0 copies of it.
+Without flash attention the attention product changes shape
 with the batch, and F16 and Q4_K_M weights go through other matrix kernels
 for several tokens than for one: rows then differ (by up to 0.05 and 1.8 in
 a logit for F16 and Q4_K_M copies of the default model). So the runner
@@ -53,27 +55,28 @@ FADE = 0.5
 RECOVER = 0.9
 
 
-# Enough tokens for every kernel llama.cpp picks by batch size (one token; two or more; four or more), after
-# a prefix long enough for the KV view to reach 512 cells, where ggml's CPU attention changes path for one row.
-_PROBE = "The quick brown fox jumps over the lazy dog"
-_PROBE_TOKENS = 6
+# The probe's text, and the prefix it follows: long enough for the KV view to reach 512 cells, past which
+# ggml's CPU flash attention treats a lone row differently (llama/context.py, Context.reference_kernels).
+_PROBE = "The quick brown fox jumps over the lazy dog."
 _PROBE_PREFIX = 260
 
 
-def batch_invariant(ctx: Context, vocab: Vocab, seq: int) -> bool:
-    """Whether tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time.
+def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: bool) -> bool:
+    """Whether `rows` tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time,
+    both with ggml's reference CPU kernels or not as `reference` says (as the runner decodes generated rows).
 
-    Decodes a few tokens both ways in sequence `seq`, after a prefix as long as the context allows; the
-    sequence must be empty and is left empty.
+    Checked after a prefix as long as the context allows, in sequence `seq`, which must be empty and is left
+    empty. `rows` is the most a sequence decodes in a step (its next token and its longest draft), so that
+    every matrix kernel llama.cpp picks by the number of rows up to it is compared with the one-row kernel.
     """
-    tokens = vocab.tokenize(_PROBE, add_special=True)[:_PROBE_TOKENS]
-    if ctx.n_ctx_seq <= len(tokens):
+    sentence = vocab.tokenize(" " + _PROBE, add_special=False)
+    if rows < 1 or ctx.n_ctx_seq <= rows + 1 or not sentence:
         return False
-    filler = vocab.tokenize(" " + _PROBE, add_special=False)
-    start = min(_PROBE_PREFIX, ctx.n_ctx_seq - len(tokens) - 1)
-    prefix = (filler * (start // len(filler) + 1))[:start]
+    start = min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
+    text = sentence * ((start + rows) // len(sentence) + 1)
+    prefix, tokens = text[:start], text[start:start + rows]
     try:
-        with Batch(max(ctx.n_batch, len(tokens)), 1) as batch:
+        with Batch(max(ctx.n_batch, rows), 1) as batch:
             for at in range(0, start, ctx.n_batch):
                 batch.clear()
                 batch.add_sequence(prefix[at:at + ctx.n_batch], at, seq, last_output=True)
@@ -81,14 +84,15 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int) -> bool:
             batch.clear()
             for i, token in enumerate(tokens):
                 batch.add(token, start + i, (seq,), True)
-            ctx.decode(batch)
-            together = [bytes(ctx.logits(i)) for i in range(len(tokens))]
-            ctx.seq_rm(seq, start)
+            ctx.decode(batch, reference=reference)
+            together = [bytes(ctx.logits(i)) for i in range(rows)]
+            if not ctx.seq_rm(seq, start):
+                return False
             alone = []
             for i, token in enumerate(tokens):
                 batch.clear()
                 batch.add(token, start + i, (seq,), True)
-                ctx.decode(batch)
+                ctx.decode(batch, reference=reference)
                 alone.append(bytes(ctx.logits(0)))
     except DecodeError:
         return False

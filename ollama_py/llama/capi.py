@@ -421,5 +421,5 @@ SHIM_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     # The per-token hot path, without JSON: sampling by grammar rejection and log-probabilities.
     "ollama_py_sample": ([P, P, P, i32], i32),
     "ollama_py_logprobs": ([P, i32, i32, i32, POINTER(f32), PTok, POINTER(f32)], i32),
-    "ollama_py_cpu_reference": ([P, c_bool], i32),
+    "ollama_py_cpu_reference": ([P, c_bool], None),
 }

@@ -100,13 +100,26 @@ class Context(Handle):
         self._n_vocab = model.vocab.n_tokens
         self._reference = False
 
-    def decode(self, batch: Batch) -> None:
-        # A lone token goes through ggml's reference CPU kernels, so that its logits are those it gets beside
-        # other tokens (a draft's, other sequences'): see ollama_py_cpu_reference in native/shim.cpp.
-        lone = len(batch) == 1
-        if lone != self._reference:
-            shim().ollama_py_cpu_reference(self.ptr, lone)
-            self._reference = lone
+    def reference_kernels(self, on: bool) -> None:
+        """Whether ggml's CPU backends compute with their reference kernels from now on.
+
+        For a micro-batch holding one row of one sequence, once its KV view
+        reaches 512 cells, ggml's CPU flash attention splits the cells across
+        threads and merges the partial sums: another order of additions than
+        it uses for several rows, so that row's logits differ in the last bits
+        from what the same token gets beside others. llama.cpp cuts a batch
+        into such micro-batches by itself (a sequence whose id does not follow
+        the previous one's, a draft's rows past its sequence's first), so a
+        caller that needs a row's logits independent of its company (the
+        runner's generated tokens) decodes them with the reference kernels,
+        which take the row-by-row path always (native/shim.cpp).
+        """
+        if on != self._reference:
+            shim().ollama_py_cpu_reference(self.ptr, on)
+            self._reference = on
+
+    def decode(self, batch: Batch, *, reference: bool = False) -> None:
+        self.reference_kernels(reference)
         code = llama().llama_decode(self.ptr, batch.c)
         if code == 0:
             return
@@ -119,6 +132,7 @@ class Context(Handle):
         raise DecodeError(code, f"llama_decode failed with {code}")
 
     def encode(self, batch: Batch) -> None:
+        self.reference_kernels(False)
         code = llama().llama_encode(self.ptr, batch.c)
         if code != 0:
             raise DecodeError(code, f"llama_encode failed with {code}")

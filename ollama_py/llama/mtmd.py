@@ -229,6 +229,7 @@ class Projector(Handle):
             raise LlamaError("the projector could not encode an image")
         embd = m.mtmd_get_output_embd(self.ptr)
         new_n_past = capi.llama_pos()
+        ctx.reference_kernels(False)
         code = m.mtmd_helper_decode_image_chunk(self.ptr, ctx.ptr, chunk.ptr, embd, n_past, seq_id, n_batch,
                                                 ctypes.byref(new_n_past), None, None)
         if code != 0:

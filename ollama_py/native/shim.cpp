@@ -313,23 +313,16 @@ SHIM_API int32_t ollama_py_logprobs(llama_context * ctx, int32_t idx, llama_toke
     return n;
 }
 
-// Turns ggml's reference CPU kernels on or off for the context's CPU backends.
-// For one lone query row, once the KV view reaches 512 cells, ggml's CPU flash
-// attention splits the cells across threads and merges the partial sums: a
-// different order of additions than for several rows, so a token decoded
-// alone gets other logits than the same token beside others (a draft's rows, a
-// batch of sequences). The reference kernels take the row-by-row path for it
-// too; the runner turns them on for one-token decodes only (engine/speculative.py).
-// Returns how many CPU backends it set.
-SHIM_API int32_t ollama_py_cpu_reference(llama_context * ctx, bool on) {
+// Turns ggml's reference CPU kernels on or off for the context's CPU backends:
+// they compute a micro-batch's lone row with the same row-by-row attention as
+// several rows, where the fast kernels split its KV cells across threads
+// (llama/context.py, Context.reference_kernels, says when that matters).
+SHIM_API void ollama_py_cpu_reference(llama_context * ctx, bool on) {
     ggml_backend_sched_t sched = ctx->get_sched();
-    int32_t set = 0;
     for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); i++) {
         ggml_backend_t backend = ggml_backend_sched_get_backend(sched, i);
         if (ggml_backend_is_cpu(backend)) {
             ggml_backend_cpu_set_use_ref(backend, on);
-            set++;
         }
     }
-    return set;
 }
