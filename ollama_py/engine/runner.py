@@ -59,6 +59,7 @@ from ollama_py.llama.context import Context, ContextOptions, DecodeError
 from ollama_py.llama.lib import LlamaError, shim
 from ollama_py.llama.model import Model, Vocab
 from ollama_py.llama.sampler import GrammarError, SamplerChain
+from ollama_py.store import gguf
 
 log = logging.getLogger(__name__)
 E = TypeVar("E")
@@ -72,6 +73,15 @@ _STEP_TOKENS = 2048
 # From this many rows of a sequence in a micro-batch, ggml's CPU flash attention computes them tile by tile
 # (GGML_FA_TILE_Q), below it row by row: the same row gets other bits each way.
 TILED_ROWS = 64
+
+
+def _tiled_weights(model: Model) -> bool:
+    """Whether any weight is of a type ggml's CPU multiplies by its tiled kernel (K-quants, IQ types)."""
+    try:
+        tensors = gguf.read(model.path).tensors
+    except (OSError, gguf.GGUFError):
+        return True
+    return any(t.type.endswith("_K") or t.type.startswith("IQ") for t in tensors)
 
 
 class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -281,8 +291,10 @@ class Runner:
         self._can_shift = self._ctx.can_shift()
         # Generated rows decode with ggml's reference CPU kernels where its flash attention would otherwise
         # treat a lone row differently (an f16 cache): a token's logits then never depend on which rows
-        # share its step, so drafts are exact and a request answers alone as it does beside others.
-        self._exact_rows = kv_type == "f16" and options.flash_attention != "off"
+        # share its step, so drafts are exact and a request answers alone as it does beside others. Not for
+        # weights ggml has a tiled matrix kernel for (from 8 rows), which the reference kernels would give
+        # up: their rows differ with the batch anyway.
+        self._exact_rows = kv_type == "f16" and options.flash_attention != "off" and not _tiled_weights(model)
         # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py);
         # the runner thread checks that before its first step.
         self._draft_max = options.draft_max
