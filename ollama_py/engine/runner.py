@@ -72,7 +72,7 @@ _FLASH_ATTENTION = {"auto": capi.FLASH_ATTN_AUTO, "on": capi.FLASH_ATTN_ENABLED,
 _STEP_TOKENS = 2048
 # From this many rows of a sequence in a micro-batch, ggml's CPU flash attention computes them tile by tile
 # (GGML_FA_TILE_Q), below it row by row: the same row gets other bits each way.
-TILED_ROWS = 64
+_TILED_ROWS = 64
 
 
 def _tiled_weights(model: Model) -> bool:
@@ -649,6 +649,8 @@ class Runner:
         cuts: list[tuple[_Slot, int]] = []
         for slot in sorted((s for s in self._slots if s.job is not None and s.job.pending),
                            key=lambda s: s.job.submit.submitted_ns if s.job else 0):
+            if room <= 0:
+                break
             job = slot.job
             assert job is not None
             if job.pending[0] < 0 and not self._prefill_image(slot, job, outbox):
@@ -667,14 +669,14 @@ class Runner:
         # rows with another prompt's); short cuts together, with the kernels generated rows use: either way a
         # prompt's rows compute as they do alone.
         for slot, take in cuts:
-            if take >= TILED_ROWS:
+            if take >= _TILED_ROWS:
                 batch.clear()
                 self._add_cut(batch, slot, take)
                 self._decode(batch, [slot], outbox)
         batch.clear()
-        short = [slot for slot, take in cuts if take < TILED_ROWS]
+        short = [slot for slot, take in cuts if take < _TILED_ROWS]
         for slot, take in cuts:
-            if take < TILED_ROWS:
+            if take < _TILED_ROWS:
                 self._add_cut(batch, slot, take)
         self._decode(batch, short, outbox, reference=self._exact_rows)
 
