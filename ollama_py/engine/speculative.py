@@ -70,6 +70,7 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     every matrix kernel llama.cpp picks by the number of rows up to it is compared with the one-row kernel.
     """
     sentence = vocab.tokenize(" " + _PROBE, add_special=False)
+    rows = min(rows, ctx.n_batch)  # a step never holds more (llama.cpp aborts past n_batch)
     if rows < 1 or ctx.n_ctx_seq <= rows + 1 or not sentence:
         return False
     start = min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
