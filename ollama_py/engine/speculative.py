@@ -55,8 +55,10 @@ FADE = 0.5
 RECOVER = 0.9
 
 
-# The probe's text, and the prefix it follows: long enough for the KV view to reach 512 cells, past which
-# ggml's CPU flash attention treats a lone row differently (llama/context.py, Context.reference_kernels).
+# The probe's text, and the prefix it follows without the reference kernels: long enough for the KV view to
+# reach 512 cells, past which ggml's CPU flash attention treats a lone row differently (llama/context.py,
+# Context.reference_kernels). The reference kernels never take that path, so with them the probe needs no
+# prefix, and a model's load no 260-token prefill.
 _PROBE = "The quick brown fox jumps over the lazy dog."
 _PROBE_PREFIX = 260
 
@@ -65,15 +67,15 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     """Whether `rows` tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time,
     both with ggml's reference CPU kernels or not as `reference` says (as the runner decodes generated rows).
 
-    Checked after a prefix as long as the context allows, in sequence `seq`, which must be empty and is left
-    empty. `rows` is the most a sequence decodes in a step (its next token and its longest draft), so that
+    Checked in sequence `seq`, which must be empty and is left empty; without the reference kernels, after a
+    prefix as long as the context allows. `rows` is the most a sequence decodes in a step (its next token and its longest draft), so that
     every matrix kernel llama.cpp picks by the number of rows up to it is compared with the one-row kernel.
     """
     sentence = vocab.tokenize(" " + _PROBE, add_special=False)
     rows = min(rows, ctx.n_batch)  # a step never holds more (llama.cpp aborts past n_batch)
     if rows < 1 or ctx.n_ctx_seq <= rows + 1 or not sentence:
         return False
-    start = min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
+    start = 0 if reference else min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
     text = sentence * ((start + rows) // len(sentence) + 1)
     prefix, tokens = text[:start], text[start:start + rows]
     try:
