@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -80,6 +81,26 @@ async def test_batching_does_not_change_greedy_output(model: Model, runner: Runn
         assert b.tokens == a.tokens
         assert c.tokens == a.tokens
         assert b.text == a.text
+
+
+async def test_a_stream_moves_next_to_the_others_when_the_one_between_ends(
+        model: Model, caplog: pytest.LogCaptureFixture) -> None:
+    # llama.cpp computes several sequences' rows in one pass over the weights only while their ids follow one
+    # another: when the middle of three requests ends, the one in slot 2 moves to slot 1. It answers as it
+    # does alone, and what slot 1 held stays in the prompt cache.
+    first, last = chat_prompt(model, "Write a poem about the sea."), chat_prompt(model, "Describe a sunset.")
+    short = chat_prompt(model, "In two short sentences, how does gravity keep the moon in its orbit?")
+    long, one = Sampling(temperature=0, num_predict=48), Sampling(temperature=0, num_predict=1)
+    with Runner(model, RunnerOptions(num_ctx=512, num_parallel=1, num_batch=64)) as alone_runner:
+        alone = [await run(alone_runner, p, long) for p in (first, last)]
+    with (caplog.at_level(logging.DEBUG, logger="ollama_py.engine.runner"),
+          Runner(model, RunnerOptions(num_ctx=512, num_parallel=3, num_batch=64)) as three):
+        a, _, c = await asyncio.gather(run(three, first, long), run(three, short, one), run(three, last, long))
+        again = await run(three, short, one)
+    assert "slot 2 moved to slot 1" in caplog.text
+    assert a.tokens == alone[0].tokens and c.tokens == alone[1].tokens
+    assert c.text == alone[1].text
+    assert again.done.prompt_cached == len(short) - 1
 
 
 async def test_second_turn_evaluates_only_the_new_tokens(model: Model, runner: Runner) -> None:

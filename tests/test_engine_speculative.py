@@ -101,10 +101,10 @@ def test_answer_past_256_tokens_of_context_is_identical_to_the_bit(model: Model,
 
 
 def test_long_streams_together_match_running_alone_to_the_bit(model: Model) -> None:
-    # A short request takes the middle of three slots and ends at once; the two long streams left in slots
-    # 0 and 2 are then cut by llama.cpp into micro-batches of their own each step (it joins only consecutive
-    # sequences), one of a single row. Fresh runners: a prompt part of which a slot still holds computes
-    # its rest in other cuts, which changes its last bits (docs/api.md).
+    # A short request takes the middle of three slots and ends at once; the long stream in slot 2 then moves
+    # to slot 1 (Runner._pack), and each step llama.cpp cuts the rows of a draft past its sequence's first
+    # into micro-batches of their own, some of a single row. Fresh runners: a prompt part of which a slot
+    # still holds computes its rest in other cuts, which changes its last bits (docs/api.md).
     options = msgspec.structs.replace(OPTIONS, num_parallel=3)
     requests = [about_the_notes(model, "Repeat note 2 exactly, word for word."),
                 GenerationRequest(id="short", prompt=chat_prompt(model, "Hi"), sampling=Sampling(num_predict=1)),
