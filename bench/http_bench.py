@@ -30,6 +30,10 @@ as a ratio of medians and as the median of the per-round (paired) ratios.
 
 prints a markdown table; --out FILE.json keeps every round.
 
+--mixed makes every other stream ask for an eighth of --max-tokens, as
+answers of different lengths do: the short ones end while the long ones go
+on, leaving free slots between busy ones.
+
 `--workload chat` is a multi-user chat instead: --conversations users at once
 (32 by default) over --streams slots, each holding --turns turns (4) under
 one shared system prompt of a few hundred tokens, every turn sending the
@@ -316,12 +320,15 @@ async def one(session: aiohttp.ClientSession, server: Server, conversation: list
 
 
 async def run_round(session: aiohttp.ClientSession, server: Server, first: int, streams: int,
-                    max_tokens: int, prompt: Callable[[int], list[dict[str, str]]] = messages) -> dict[str, Any]:
+                    max_tokens: int, prompt: Callable[[int], list[dict[str, str]]] = messages,
+                    mixed: bool = False) -> dict[str, Any]:
     server.alive()
     assert server.proc is not None
+    limits = [max(max_tokens // 8, 1) if mixed and i % 2 else max_tokens for i in range(streams)]
     cpu = session_cpu_s(server.proc.pid)
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(session, server, prompt(first + i), max_tokens) for i in range(streams)))
+    results = await asyncio.gather(*(one(session, server, prompt(first + i), limit)
+                                     for i, limit in enumerate(limits)))
     wall = time.perf_counter() - start
     cpu = session_cpu_s(server.proc.pid) - cpu
     tokens = sum(r["completion_tokens"] for r in results)
@@ -330,7 +337,7 @@ async def run_round(session: aiohttp.ClientSession, server: Server, first: int, 
             "cpu_s": cpu, "cpu_ms_per_token": cpu / tokens * 1e3,
             "ttft_p50_ms": statistics.median(r["ttft_s"] for r in results) * 1e3,
             "decode_tps": statistics.median(rates) if rates else math.nan,
-            "short_streams": sum(r["completion_tokens"] < max_tokens for r in results),
+            "short_streams": sum(r["completion_tokens"] < limit for r, limit in zip(results, limits, strict=True)),
             "load1": os.getloadavg()[0], "streams": results}
 
 
@@ -534,7 +541,7 @@ async def level(servers: list[Server], streams: int, args: argparse.Namespace) -
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
-                result = await run_round(session, s, (r + 1) * 1000, streams, args.max_tokens, prompt)
+                result = await run_round(session, s, (r + 1) * 1000, streams, args.max_tokens, prompt, args.mixed)
                 s.rounds.append(result)
                 print(f"  streams {streams} round {r + 1} {s.label:13s} {result['tps']:7.1f} tok/s "
                       f"({result['tokens']} tokens in {result['wall_s']:.2f} s) TTFT p50 "
@@ -640,6 +647,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--mixed", action="store_true", help="every other stream asks for an eighth of --max-tokens")
     parser.add_argument("--ngl", type=int, default=0, help="layers on the GPU, every server")
     parser.add_argument("--flash-attention", choices=("on", "off"), default="on")
     parser.add_argument("--out", type=Path, help="every round, as JSON")
@@ -686,7 +694,8 @@ def main() -> None:
     raw["load_end"] = os.getloadavg()[0]
     if args.out:
         args.out.write_text(json.dumps(raw, indent=2))
-    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per answer, greedy, {args.ctx}-token context per "
+    mixed = f" (every other stream {max(args.max_tokens // 8, 1)})" if args.mixed else ""
+    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per answer{mixed}, greedy, {args.ctx}-token context per "
           f"slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
           f"median of {args.rounds} interleaved rounds (min-max); {os.cpu_count()} CPUs, load "
           f"{raw['load_start']:.1f} -> {raw['load_end']:.1f}\n")
