@@ -624,7 +624,9 @@ class Runner:
             self._ctx.seq_rm(moving.seq)
             log.debug("slot %d moved to slot %d", moving.seq, free.seq)
             moving.seq, free.seq = free.seq, moving.seq
-        self._slots.sort(key=lambda s: s.seq)
+        # A new list, not sort() in place: stats() reads the slots from other threads, and a list being sorted
+        # looks empty meanwhile.
+        self._slots = sorted(self._slots, key=lambda s: s.seq)
 
     def _save(self, slot: _Slot, kept: int) -> None:
         """Keeps in RAM what the slot holds when its next request keeps only `kept` tokens of it."""
