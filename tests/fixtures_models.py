@@ -69,6 +69,59 @@ def dequantized(source: Path, out: Path, dtype: type = np.float16) -> None:
     writer.close()
 
 
+def sliding_window_model(source: Path, out: Path, *, window: int = 8, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
+                         n_head_kv: int = 2, n_ff: int = 128) -> None:
+    """A tiny Gemma 3 (every layer attends through a sliding window of `window` tokens), small random weights
+    (seeded), with the tokenizer of `source`: for what a sliding window changes in the KV cache."""
+    reader = gguf.GGUFReader(source)
+    n_vocab = len(reader.fields["tokenizer.ggml.tokens"].contents())
+    head = n_embd // n_head
+    writer = gguf.GGUFWriter(out, "gemma3")
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer."):
+            sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    writer.add_context_length(512)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_key_length(head)
+    writer.add_value_length(head)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_sliding_window(window)
+    rng = np.random.default_rng(7)
+
+    def matrix(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float16)
+
+    names = gguf.TENSOR_NAMES
+    tensor = gguf.MODEL_TENSOR
+    writer.add_tensor(names[tensor.TOKEN_EMBD] + ".weight", matrix(n_vocab, n_embd))
+    writer.add_tensor(names[tensor.OUTPUT_NORM] + ".weight", np.ones(n_embd, np.float32))
+    for layer in range(n_layer):
+        shapes = {tensor.ATTN_Q: (n_head * head, n_embd), tensor.ATTN_K: (n_head_kv * head, n_embd),
+                  tensor.ATTN_V: (n_head_kv * head, n_embd), tensor.ATTN_OUT: (n_embd, n_head * head),
+                  tensor.FFN_GATE: (n_ff, n_embd), tensor.FFN_UP: (n_ff, n_embd), tensor.FFN_DOWN: (n_embd, n_ff)}
+        norms = {tensor.ATTN_NORM: n_embd, tensor.ATTN_POST_NORM: n_embd, tensor.ATTN_Q_NORM: head,
+                 tensor.ATTN_K_NORM: head, tensor.FFN_NORM: n_embd, tensor.FFN_POST_NORM: n_embd}
+        for kind, shape in shapes.items():
+            writer.add_tensor(names[kind].format(bid=layer) + ".weight", matrix(*shape))
+        for kind, size in norms.items():
+            writer.add_tensor(names[kind].format(bid=layer) + ".weight", np.ones(size, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def sliding_window(cache: Path) -> Path:
+    return _cached(cache, "gemma3-tiny-swa8.gguf",
+                   lambda out: sliding_window_model(default_model.ensure(cache), out))
+
+
 def f16_model(cache: Path) -> Path:
     """The default model (SmolLM2-135M) with F16 weights, about 270 MB."""
     return _cached(cache, "smollm2-135m-f16.gguf", lambda out: dequantized(default_model.ensure(cache), out))

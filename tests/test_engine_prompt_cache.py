@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from ollama_py import settings
@@ -24,6 +25,7 @@ from ollama_py.engine.types import (
     Token,
 )
 from ollama_py.llama.model import Model
+from tests import fixtures_models
 from tests.server_harness import default_store, live_server, server_settings
 
 SYSTEM = ("You are a careful assistant for a small bakery. Answer briefly and politely, name prices in euros, "
@@ -88,6 +90,28 @@ async def test_ram_restore_gives_the_cold_output_and_counts_cached_tokens(model:
     uncached = await run(cold, first)
     assert uncached.tokens == reference.tokens
     assert uncached.done.prompt_cached < again.done.prompt_cached
+
+
+@pytest.mark.asyncio
+async def test_a_sliding_window_state_restored_for_a_shorter_prefix_answers_as_fresh() -> None:
+    # A Gemma 3 whose layers attend through a window of 8 tokens: its saved state holds only the cells its
+    # last token still reached, so a prompt sharing just the first 24 tokens of it is evaluated afresh instead
+    # of decoding beside missing cells.
+    with Model(fixtures_models.sliding_window(settings.load().cache)) as swa:
+        assert swa.n_swa == 8
+        words = tuple(swa.vocab.tokenize(" ".join(f"item {i}," for i in range(20)), add_special=False))
+        first, other = words[:40], words[40:60]
+        later = words[:24] + tuple(swa.vocab.tokenize(" and then the list ends.", add_special=False))
+        small = RunnerOptions(num_ctx=256, num_parallel=1, num_batch=64, draft_max=0, cache_ram=0)
+        with Runner(swa, small) as fresh:
+            expected = await run(fresh, later)
+        with Runner(swa, msgspec.structs.replace(small, cache_ram=64 << 20)) as warm:
+            await run(warm, first)
+            await run(warm, other)  # takes the only slot: the first prompt's state goes to RAM
+            got = await run(warm, later)
+            assert warm.stats().cache_states >= 1
+    assert got.tokens == expected.tokens
+    assert got.done.prompt_cached == 0
 
 
 @pytest.mark.asyncio

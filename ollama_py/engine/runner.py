@@ -541,7 +541,11 @@ class Runner:
             keep = min(common_prefix(slot.cache, prompt), len(prompt) - 1)
             if submit.request.images:
                 keep = submit.request.images.start_of(prompt, keep)
-            if not self._ctx.seq_rm(slot.seq, keep, -1):
+            # A saved state leaves out the cells a sliding window no longer reached from its last token
+            # (llama_state_seq_get_data); the token at `keep` attends back to keep - n_swa + 1, so a shorter
+            # prefix of such a state is evaluated again, as llama-server does.
+            if (not self._ctx.seq_rm(slot.seq, keep, -1)
+                    or keep and not 0 <= self._ctx.seq_pos_min(slot.seq) <= max(0, keep + 1 - self.model.n_swa)):
                 self._ctx.seq_rm(slot.seq)
                 keep = 0
             del slot.cache[keep:]
@@ -601,9 +605,12 @@ class Runner:
         step where 0, 1 and 2 take one (in-process, 8 slots of 300 tokens each:
         six busy with gaps, 97 ms a step; six consecutive, 68). A request that ends
         in the middle leaves such a gap for as long as the others run. A move
-        copies the cells once (the sequence's state, as the prompt cache keeps
-        it) into a free slot inside the window of slots that already holds the
-        most busy ones; what that free slot held goes to the prompt cache first.
+        goes into a free slot inside the window of slots that already holds the
+        most busy ones, what that slot held going to the prompt cache first. It
+        is llama.cpp's own copy of the sequence's stream (`seq_cp`, done by the
+        next decode): every cell where it was, the ones a sliding window has
+        left behind too (a saved state leaves those out), so the moved sequence
+        computes exactly as it would have in place.
         """
         busy = [s.seq for s in self._slots if s.job is not None]
         if len(busy) < 2 or busy[-1] - busy[0] == len(busy) - 1:
@@ -616,11 +623,10 @@ class Runner:
             self._save(free, 0)
             self._ctx.seq_rm(free.seq)
             free.cache.clear()
-            if not self._ctx.set_seq_state(self._ctx.seq_state(moving.seq), free.seq):
-                log.warning("llama.cpp refused to move slot %d's %d tokens to slot %d", moving.seq,
-                            len(moving.cache), free.seq)
-                self._ctx.seq_rm(free.seq)
-                break
+            # The copy reads the source's buffer when the next decode starts, which this step's first decode
+            # is (a step with a busy slot decodes); removing the source now only frees its cells, and nothing
+            # writes into them before that decode.
+            self._ctx.seq_cp(moving.seq, free.seq)
             self._ctx.seq_rm(moving.seq)
             log.debug("slot %d moved to slot %d", moving.seq, free.seq)
             moving.seq, free.seq = free.seq, moving.seq
@@ -713,7 +719,8 @@ class Runner:
                 self._decode(batch, [slot], outbox)
         batch.clear()
         short = [slot for slot, take in cuts if take < _TILED_ROWS]
-        for slot, take in cuts:
+        # In the order of their sequences, which llama.cpp needs to put them in one micro-batch (Runner._pack).
+        for slot, take in sorted(cuts, key=lambda cut: cut[0].seq):
             if take < _TILED_ROWS:
                 self._add_cut(batch, slot, take)
         self._decode(batch, short, outbox, reference=self._exact_rows)

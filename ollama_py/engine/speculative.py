@@ -37,6 +37,7 @@ from typing import Protocol
 
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, DecodeError
+from ollama_py.llama.devices import devices
 from ollama_py.llama.model import Vocab
 
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
@@ -57,8 +58,8 @@ RECOVER = 0.9
 
 # The probe's text, and the prefix it follows without the reference kernels: long enough for the KV view to
 # reach 512 cells, past which ggml's CPU flash attention treats a lone row differently (llama/context.py,
-# Context.reference_kernels). The reference kernels never take that path, so with them the probe needs no
-# prefix, and a model's load no 260-token prefill.
+# Context.reference_kernels). The reference kernels never take that path, so with them, where only the CPU
+# computes, the probe needs no prefix, and a model's load no 260-token prefill.
 _PROBE = "The quick brown fox jumps over the lazy dog."
 _PROBE_PREFIX = 260
 
@@ -67,8 +68,8 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     """Whether `rows` tokens decoded in one batch get, bit for bit, the logits each gets decoded one at a time,
     both with ggml's reference CPU kernels or not as `reference` says (as the runner decodes generated rows).
 
-    Checked in sequence `seq`, which must be empty and is left empty; without the reference kernels, after a
-    prefix as long as the context allows. `rows` is the most a sequence decodes in a step (its next token and
+    Checked in sequence `seq`, which must be empty and is left empty; after a prefix as long as the context
+    allows unless the reference kernels do all the work (they switch only the CPU's). `rows` is the most a sequence decodes in a step (its next token and
     its longest draft), so that every matrix kernel llama.cpp picks by the number of rows up to it is compared
     with the one-row kernel.
     """
@@ -76,7 +77,8 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     rows = min(rows, ctx.n_batch)  # a step never holds more (llama.cpp aborts past n_batch)
     if rows < 1 or ctx.n_ctx_seq <= rows + 1 or not sentence:
         return False
-    start = 0 if reference else min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
+    only_cpu = all(device.kind == "cpu" for device in devices())
+    start = 0 if reference and only_cpu else min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
     text = sentence * ((start + rows) // len(sentence) + 1)
     prefix, tokens = text[:start], text[start:start + rows]
     try:

@@ -151,6 +151,7 @@ class Model(Handle):
         self.n_ctx_train: int = lib.llama_model_n_ctx_train(ptr)
         self.n_embd: int = lib.llama_model_n_embd(ptr)
         self.n_layer: int = lib.llama_model_n_layer(ptr)
+        self.n_swa: int = lib.llama_model_n_swa(ptr)  # the sliding attention window; 0: none
         self.size: int = lib.llama_model_size(ptr)
         self.n_params: int = lib.llama_model_n_params(ptr)
         self.has_encoder: bool = lib.llama_model_has_encoder(ptr)
