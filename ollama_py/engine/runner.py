@@ -542,10 +542,12 @@ class Runner:
             if submit.request.images:
                 keep = submit.request.images.start_of(prompt, keep)
             # A saved state leaves out the cells a sliding window no longer reached from its last token
-            # (llama_state_seq_get_data); the token at `keep` attends back to keep - n_swa + 1, so a shorter
-            # prefix of such a state is evaluated again, as llama-server does.
-            if (not self._ctx.seq_rm(slot.seq, keep, -1)
-                    or keep and not 0 <= self._ctx.seq_pos_min(slot.seq) <= max(0, keep + 1 - self.model.n_swa)):
+            # (llama_state_seq_get_data); going on from its end is fine, but the token at an earlier `keep`
+            # attends back to keep - n_swa + 1, so a shorter prefix of such a state is evaluated again, as
+            # llama-server does.
+            partial = 0 < keep < len(slot.cache)
+            if (not self._ctx.seq_rm(slot.seq, keep, -1) or partial
+                    and not 0 <= self._ctx.seq_pos_min(slot.seq) <= max(0, keep + 1 - self.model.n_swa)):
                 self._ctx.seq_rm(slot.seq)
                 keep = 0
             del slot.cache[keep:]
@@ -613,7 +615,8 @@ class Runner:
         computes exactly as it would have in place.
         """
         busy = [s.seq for s in self._slots if s.job is not None]
-        if len(busy) < 2 or busy[-1] - busy[0] == len(busy) - 1:
+        generating = any(s.job is not None and s.job.next_token is not None for s in self._slots)
+        if not generating or len(busy) < 2 or busy[-1] - busy[0] == len(busy) - 1:
             return
         n = len(busy)
         start = max(range(len(self._slots) - n + 1), key=lambda at: sum(at <= seq < at + n for seq in busy))
@@ -623,9 +626,9 @@ class Runner:
             self._save(free, 0)
             self._ctx.seq_rm(free.seq)
             free.cache.clear()
-            # The copy reads the source's buffer when the next decode starts, which this step's first decode
-            # is (a step with a busy slot decodes); removing the source now only frees its cells, and nothing
-            # writes into them before that decode.
+            # The copy reads the source's buffer when the next decode starts: this step's decode of its
+            # generated rows (only a step that has some packs). Removing the source now only frees its cells,
+            # and nothing writes into them before that decode.
             self._ctx.seq_cp(moving.seq, free.seq)
             self._ctx.seq_rm(moving.seq)
             log.debug("slot %d moved to slot %d", moving.seq, free.seq)
