@@ -89,6 +89,20 @@ class Terminal:
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status)
 
+    def signal_state(self) -> str:
+        """Where the program waits and what it does with signals (/proc), to tell a lost Ctrl-C from a blocked,
+        ignored or pending one, or a program stuck elsewhere."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            wchan = Path(f"/proc/{self.pid}/wchan").read_text()
+        except OSError as exc:
+            return f"no /proc entry: {exc}"
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        sigint = 1 << (signal.SIGINT - 1)
+        masks = {name: bool(int(fields.get(name, "0"), 16) & sigint) for name in ("SigPnd", "ShdPnd", "SigBlk",
+                                                                                   "SigIgn", "SigCgt")}
+        return f"state {fields.get('State', '?')}, waiting in {wchan or '?'}, SIGINT {masks}"
+
     def close(self) -> None:
         try:
             os.kill(self.pid, signal.SIGKILL)
@@ -177,7 +191,8 @@ def ctrl_c_at_the_prompt(terminal: Terminal) -> None:
         with contextlib.suppress(AssertionError):
             terminal.expect(r"Use Ctrl \+ d or /bye to exit\.\n>>> ", within=5)
             return
-    raise AssertionError(f"Ctrl-C at the prompt never answered; the terminal shows:\n{terminal.screen[-3000:]}")
+    raise AssertionError(f"Ctrl-C at the prompt never answered ({terminal.signal_state()}); the terminal shows:\n"
+                         f"{terminal.screen[-3000:]}")
 
 
 def test_unknown_commands_help_and_history(server: Server, model: str, tmp_path: Path) -> None:
