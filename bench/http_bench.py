@@ -695,8 +695,8 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(raw, indent=2))
     mixed = f" (every other stream {max(args.max_tokens // 8, 1)})" if args.mixed else ""
-    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per answer{mixed}, greedy, {args.ctx}-token context per "
-          f"slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
+    print(f"\nSmolLM2-135M-Instruct Q4_1, {args.max_tokens} tokens per answer{mixed}, greedy, {args.ctx}-token "
+          f"context per slot, {args.threads} threads, flash attention {args.flash_attention}, ngl {args.ngl}; "
           f"median of {args.rounds} interleaved rounds (min-max); {os.cpu_count()} CPUs, load "
           f"{raw['load_start']:.1f} -> {raw['load_end']:.1f}\n")
     if args.workload == "restart":

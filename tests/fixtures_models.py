@@ -69,8 +69,8 @@ def dequantized(source: Path, out: Path, dtype: type = np.float16) -> None:
     writer.close()
 
 
-def sliding_window_model(source: Path, out: Path, *, window: int = 8, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-                         n_head_kv: int = 2, n_ff: int = 128) -> None:
+def sliding_window_model(source: Path, out: Path, *, window: int = 8, n_layer: int = 2, n_embd: int = 64,
+                         n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128) -> None:
     """A tiny Gemma 3 (every layer attends through a sliding window of `window` tokens), small random weights
     (seeded), with the tokenizer of `source`: for what a sliding window changes in the KV cache."""
     reader = gguf.GGUFReader(source)

@@ -227,7 +227,6 @@ def test_draft_setting_is_read_and_checked() -> None:
         settings.load({"OLLAMA_PY_DRAFT_MAX": "-3"})
 
 
-
 def test_a_context_whose_steps_hold_fewer_tokens_than_a_draft_still_answers(model: Model) -> None:
     # The load-time check decodes a draft's worth of rows at once; here a step holds only 16 tokens.
     with Runner(model, RunnerOptions(num_ctx=16, num_parallel=1, num_batch=1, cache_ram=0)) as runner:

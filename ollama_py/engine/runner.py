@@ -721,12 +721,11 @@ class Runner:
                 self._add_cut(batch, slot, take)
                 self._decode(batch, [slot], outbox)
         batch.clear()
-        short = [slot for slot, take in cuts if take < _TILED_ROWS]
         # In the order of their sequences, which llama.cpp needs to put them in one micro-batch (Runner._pack).
-        for slot, take in sorted(cuts, key=lambda cut: cut[0].seq):
-            if take < _TILED_ROWS:
-                self._add_cut(batch, slot, take)
-        self._decode(batch, short, outbox, reference=self._exact_rows)
+        short = sorted(((slot, take) for slot, take in cuts if take < _TILED_ROWS), key=lambda cut: cut[0].seq)
+        for slot, take in short:
+            self._add_cut(batch, slot, take)
+        self._decode(batch, [slot for slot, _ in short], outbox, reference=self._exact_rows)
 
     @staticmethod
     def _add_cut(batch: Batch, slot: _Slot, take: int) -> None:

@@ -69,9 +69,9 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     both with ggml's reference CPU kernels or not as `reference` says (as the runner decodes generated rows).
 
     Checked in sequence `seq`, which must be empty and is left empty; after a prefix as long as the context
-    allows unless the reference kernels do all the work (they switch only the CPU's). `rows` is the most a sequence decodes in a step (its next token and
-    its longest draft), so that every matrix kernel llama.cpp picks by the number of rows up to it is compared
-    with the one-row kernel.
+    allows unless the reference kernels do all the work (they switch only the CPU's). `rows` is the most a
+    sequence decodes in a step (its next token and its longest draft), so that every matrix kernel llama.cpp
+    picks by the number of rows up to it is compared with the one-row kernel.
     """
     sentence = vocab.tokenize(" " + _PROBE, add_special=False)
     rows = min(rows, ctx.n_batch)  # a step never holds more (llama.cpp aborts past n_batch)
