@@ -31,10 +31,11 @@ ESCAPES = re.compile(r"(\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r)")
 class Terminal:
     """A process on a pty: type into it, read what a user would see (escape codes taken out)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], *, sigint: signal.Handlers = signal.SIG_DFL) -> None:
         env = {**env, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            signal.signal(signal.SIGINT, sigint)  # as the program's parent left it (SIG_IGN: a job started with &)
             os.execvpe(argv[0], argv, env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
         self.screen = ""
@@ -193,6 +194,19 @@ def ctrl_c_at_the_prompt(terminal: Terminal) -> None:
             return
     raise AssertionError(f"Ctrl-C at the prompt never answered ({terminal.signal_state()}); the terminal shows:\n"
                          f"{terminal.screen[-3000:]}")
+
+
+def test_ctrl_c_reaches_the_prompt_of_a_chat_started_with_it_ignored(server: Server, model: str) -> None:
+    # A shell without job control starts a background job with SIGINT ignored, and a program inherits that;
+    # a chat on a terminal still stops an answer or clears the line on Ctrl-C, as Ollama's does.
+    terminal = Terminal([*CLI, "run", model], server.env, sigint=signal.SIG_IGN)
+    try:
+        terminal.expect(r">>> $")
+        ctrl_c_at_the_prompt(terminal)
+        terminal.type("\x04")
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
 
 
 def test_unknown_commands_help_and_history(server: Server, model: str, tmp_path: Path) -> None:

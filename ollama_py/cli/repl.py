@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import readline
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +154,9 @@ class Repl:
 
     def loop(self) -> None:
         """Reads and answers until /bye or Ctrl-D."""
+        # Ctrl-C is how a user stops an answer or clears the line, even in a chat started where SIGINT is
+        # ignored (a job started with & from a shell without job control), where Python leaves it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         self._start_history()
         self._preload()
         for message in self.info.messages or []:
