@@ -59,10 +59,10 @@ def spec(path: Path, num_gpu: int = -1) -> LoadSpec:
     return LoadSpec(path=path, runner=RunnerOptions(num_ctx=512, num_parallel=1, num_thread=1), num_gpu=num_gpu)
 
 
-def job(name: str, num_predict: int) -> ChatJob:
-    """PROMPT as it is (raw), answered greedily."""
+def job(name: str, num_predict: int, prompt: str = PROMPT) -> ChatJob:
+    """The prompt as it is (raw), answered greedily."""
     return ChatJob(chat=ChatRequest(id=name, messages=(), sampling=Sampling(temperature=0, num_predict=num_predict)),
-                   completion=Completion(prompt=PROMPT, raw=True))
+                   completion=Completion(prompt=prompt, raw=True))
 
 
 async def answer(scheduler: Scheduler, name: str, load: LoadSpec,
@@ -97,9 +97,10 @@ def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(work
                                                                            model_path: Path) -> None:
     """A worker serves one client at a time: two models in two processes would wait on each other forever.
 
-    Both models answer at once, over and over: ggml-rpc remembers each worker's last graph without a lock,
-    and two threads computing on one worker at once made one model re-run the other's graph now and then
-    (a third of the runs of this test gave two different answers before computing was made one at a time).
+    Both models answer at once, over and over: ggml-rpc remembers each worker device's last graph without a
+    lock and asks the worker to run its stored graph again when that graph comes back; two threads computing
+    on one worker at once made one model re-run the other's graph now and then (a third of the runs of this
+    test gave two different answers before graphs were always sent whole, llama/devices.py).
     """
     async def run() -> list[tuple[str, str]]:
         scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
@@ -120,6 +121,36 @@ def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(work
     assert all(first == second and first for first, second in answers), answers
     for endpoint in workers:  # the runner process left with the last model: another server may use them now
         hello(endpoint, timeout=GUARD)
+
+
+def test_a_model_unloaded_while_another_answers_on_the_same_workers_leaves_that_answer_whole(
+        workers: tuple[str, str], model_path: Path) -> None:
+    """Freeing a buffer on a worker drops the graph it stored; a model that then asked it to run its stored graph
+    again found none, the worker hung up, and llama.cpp aborted the runner process with every model in it."""
+    story = "<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
+
+    async def run() -> tuple[str, str]:
+        scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
+        try:
+            async with scheduler.acquire("b", spec(model_path)):
+                pass
+            async with scheduler.acquire("a", spec(model_path)) as lease:
+                alone = "".join([e.content async for e in lease.loaded.runner.chat(job("a", 48, story))
+                                 if isinstance(e, ChatDelta)])
+                pieces: list[str] = []
+                async with aclosing(lease.loaded.runner.chat(job("a", 48, story))) as events:  # type: ignore[type-var]
+                    async for event in events:
+                        if isinstance(event, ChatDelta):
+                            pieces.append(event.content)
+                            if len(pieces) == 8:
+                                assert await scheduler.unload("b")
+            assert [e.name for e in scheduler.loaded()] == ["a"]
+        finally:
+            await scheduler.close()
+        return alone, "".join(pieces)
+
+    alone, beside_unload = asyncio.run(run())
+    assert beside_unload == alone and len(alone) > 100
 
 
 def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_timeout(

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ollama_py.llama import adapter, capi
 from ollama_py.llama.batch import Batch
-from ollama_py.llama.devices import computing
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama, shim
 from ollama_py.llama.model import Model
@@ -121,8 +120,7 @@ class Context(Handle):
 
     def decode(self, batch: Batch, *, reference: bool = False) -> None:
         self.reference_kernels(reference)
-        with computing():
-            code = llama().llama_decode(self.ptr, batch.c)
+        code = llama().llama_decode(self.ptr, batch.c)
         if code == 0:
             return
         if code == 1:
@@ -135,8 +133,7 @@ class Context(Handle):
 
     def encode(self, batch: Batch) -> None:
         self.reference_kernels(False)
-        with computing():
-            code = llama().llama_encode(self.ptr, batch.c)
+        code = llama().llama_encode(self.ptr, batch.c)
         if code != 0:
             raise DecodeError(code, f"llama_encode failed with {code}")
 

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
+import os
 import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ollama_py.llama import capi
 from ollama_py.llama.lib import LlamaError, ggml
 
 log = logging.getLogger(__name__)
-
-# ggml-rpc remembers, per worker device and without a lock, which graph it computed last, and sends only
-# "compute it again" when that graph comes back. Two threads computing on one worker at once (two models
-# of one runner process) can interleave between that check and the send, and the worker then re-runs the
-# other model's graph: wrong logits, no error. So once a worker is registered, computing is one at a time.
-_workers_registered = threading.Event()
-_compute_on_workers = threading.Lock()
 
 _TYPE_NAMES = {capi.DEV_CPU: "cpu", capi.DEV_GPU: "gpu", capi.DEV_IGPU: "igpu",
                capi.DEV_ACCEL: "accel", capi.DEV_META: "meta"}
@@ -83,6 +74,13 @@ def add_rpc_server(endpoint: str) -> list[Device]:
     address = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server")
     if not address:
         raise LlamaError("the RPC backend does not export ggml_backend_rpc_add_server")
+    # ggml-rpc sends a graph it sent last to a worker device again as "run the one you stored", and the
+    # worker forgets what it stored whenever any of its buffers is freed. With two contexts on one worker
+    # (two models of a runner process; a model's embedding context beside its generating one) the worker
+    # then re-ran the other's graph (wrong logits, no error), or, after the other freed a buffer, found none
+    # and hung up (llama.cpp aborts the process). A context that rebuilds its graph every step sends it whole.
+    # llama.cpp reads this when a context is created: every context of this process comes after.
+    os.environ["LLAMA_GRAPH_REUSE_DISABLE"] = "1"
     known = devices()
     same = [d for d in known if d.description == endpoint]
     if same:
@@ -92,17 +90,6 @@ def add_rpc_server(endpoint: str) -> list[Device]:
     if not server_reg:
         raise LlamaError(f"RPC worker {endpoint} offers no devices")
     lib.ggml_backend_register(server_reg)
-    _workers_registered.set()
     added = [d for d in devices() if d.handle not in before]
     log.info("registered RPC worker %s: %s", endpoint, ", ".join(d.name for d in added))
     return added
-
-
-@contextlib.contextmanager
-def computing() -> Iterator[None]:
-    """Held around every graph computation (decode, encode, an image's projection) of this process."""
-    if not _workers_registered.is_set():
-        yield
-        return
-    with _compute_on_workers:
-        yield

@@ -35,7 +35,6 @@ from typing import Any
 
 from ollama_py.llama import capi, lib
 from ollama_py.llama.context import Context
-from ollama_py.llama.devices import computing
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError
 from ollama_py.llama.model import Model
@@ -226,23 +225,21 @@ class Projector(Handle):
     def decode_image(self, ctx: Context, chunk: ImageChunk, n_past: int, seq_id: int, n_batch: int) -> None:
         """Encodes the image and decodes its embeddings into `seq_id` from position `n_past` (context's thread)."""
         m = mtmd()
+        if m.mtmd_encode_chunk(self.ptr, chunk.ptr) != 0:
+            raise LlamaError("the projector could not encode an image")
+        embd = m.mtmd_get_output_embd(self.ptr)
+        new_n_past = capi.llama_pos()
         ctx.reference_kernels(False)
-        with computing():
-            if m.mtmd_encode_chunk(self.ptr, chunk.ptr) != 0:
-                raise LlamaError("the projector could not encode an image")
-            embd = m.mtmd_get_output_embd(self.ptr)
-            new_n_past = capi.llama_pos()
-            code = m.mtmd_helper_decode_image_chunk(self.ptr, ctx.ptr, chunk.ptr, embd, n_past, seq_id, n_batch,
-                                                    ctypes.byref(new_n_past), None, None)
+        code = m.mtmd_helper_decode_image_chunk(self.ptr, ctx.ptr, chunk.ptr, embd, n_past, seq_id, n_batch,
+                                                ctypes.byref(new_n_past), None, None)
         if code != 0:
             raise LlamaError(f"decoding an image's embeddings failed ({code})")
 
     def embeddings(self, chunk: ImageChunk) -> list[list[float]]:
         """The image's embeddings, one row of `n_embd` per image token (for tests and inspection)."""
         m = mtmd()
-        with computing():
-            if m.mtmd_encode_chunk(self.ptr, chunk.ptr) != 0:
-                raise LlamaError("the projector could not encode an image")
+        if m.mtmd_encode_chunk(self.ptr, chunk.ptr) != 0:
+            raise LlamaError("the projector could not encode an image")
         embd = m.mtmd_get_output_embd(self.ptr)
         return [embd[row * self.n_embd:(row + 1) * self.n_embd] for row in range(chunk.n_tokens)]
 
