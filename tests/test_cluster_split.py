@@ -123,14 +123,18 @@ def test_models_share_one_runner_process_and_free_the_workers_when_unloaded(work
         hello(endpoint, timeout=GUARD)
 
 
-def test_a_model_unloaded_while_another_answers_on_the_same_workers_leaves_that_answer_whole(
-        workers: tuple[str, str], model_path: Path) -> None:
-    """Freeing a buffer on a worker drops the graph it stored; a model that then asked it to run its stored graph
-    again found none, the worker hung up, and llama.cpp aborted the runner process with every model in it."""
+@pytest.mark.parametrize("meanwhile", ["another model unloaded", "an embedding asked of it"])
+def test_an_answer_on_workers_stays_whole_when_a_buffer_is_freed_meanwhile(
+        meanwhile: str, workers: tuple[str, str], model_path: Path) -> None:
+    """A worker drops the graphs it stored whenever one of its buffers is freed (a model unloaded; the first
+    embedding context of a generation model, closed for one with mean pooling). An answer going on asked it
+    to run its stored graph again, found none, the worker hung up, and llama.cpp aborted the runner process
+    with every model in it."""
     story = "<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, str, list[str], int]:
         scheduler = scheduler_for(dataclasses.replace(BASE, rpc_servers=workers, max_loaded_models=2))
+        vectors = 0
         try:
             async with scheduler.acquire("b", spec(model_path)):
                 pass
@@ -142,15 +146,21 @@ def test_a_model_unloaded_while_another_answers_on_the_same_workers_leaves_that_
                     async for event in events:
                         if isinstance(event, ChatDelta):
                             pieces.append(event.content)
-                            if len(pieces) == 8:
+                            if len(pieces) == 8 and meanwhile == "another model unloaded":
                                 assert await scheduler.unload("b")
-            assert [e.name for e in scheduler.loaded()] == ["a"]
+                            elif len(pieces) == 8:
+                                vectors = len((await lease.loaded.runner.embed(["a dragon"])).embeddings)
+            loaded = sorted(e.name for e in scheduler.loaded())
         finally:
             await scheduler.close()
-        return alone, "".join(pieces)
+        return alone, "".join(pieces), loaded, vectors
 
-    alone, beside_unload = asyncio.run(run())
-    assert beside_unload == alone and len(alone) > 100
+    alone, beside, loaded, vectors = asyncio.run(run())
+    assert beside == alone and len(alone) > 100
+    if meanwhile == "another model unloaded":
+        assert loaded == ["a"]
+    else:
+        assert loaded == ["a", "b"] and vectors == 1
 
 
 def test_a_worker_that_hangs_without_hanging_up_stops_its_answers_after_the_timeout(
