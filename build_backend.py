@@ -334,9 +334,13 @@ def build_llama_server() -> Path:
 
 
 def build_shim(dist: Path) -> Path:
-    """Compiles ollama_py/native/shim.cpp; cached by its source and the llama build."""
-    source = NATIVE_DIR / "shim.cpp"
-    key = hashlib.sha256(source.read_bytes() + (dist / "COMPLETE").read_bytes()).hexdigest()[:16]
+    """Compiles ollama_py/native/*.cpp into one library; cached by their sources and the llama build.
+
+    attention.cpp, a hot kernel, is compiled with -O3 and, where llama.cpp's build is native, for this CPU
+    (as ggml's own kernels are); both link OpenMP, the thread pool ggml-cpu runs on.
+    """
+    sources = sorted(NATIVE_DIR.glob("*.cpp"))
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + (dist / "COMPLETE").read_bytes()).hexdigest()[:16]
     out = dist / "shim" / key / "libollama_py_shim.so"
     if out.exists():
         return out
@@ -346,14 +350,25 @@ def build_shim(dist: Path) -> Path:
     pin = read_pin()
     if not source_extracted(pin):  # a cached build without the source: the shim needs llama.cpp's src/ headers
         extract_subtree(fetch_sdist(pin), pin)
-    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
-           f"-I{include}", f"-I{include / 'common'}", f"-I{SOURCE_DIR / 'src'}", str(source), "-o", str(out) + ".tmp",
-           f"-L{dist / 'lib'}", "-l:libllama-common.so.0", "-l:libllama.so.0", "-l:libggml-cpu.so.0",
-           "-l:libggml-base.so.0", "-Wl,-rpath,$ORIGIN"]
+    native = "-DGGML_NATIVE=ON" in json.loads((dist / "build.json").read_text())["args"]
+    cpu = ["-march=native", *(f for arg in native_cpu_flags() for f in arg.split("=", 1)[1].split())] if native else []
+    common = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-fopenmp", f"-I{include}", f"-I{include / 'common'}",
+              f"-I{SOURCE_DIR / 'src'}", f"-I{SOURCE_DIR / 'ggml' / 'src'}"]
     log("compiling the C shim")
+    objects = []
+    for source in sources:
+        obj = out.parent / (source.stem + ".o")
+        flags = ["-O3", *cpu] if source.stem == "attention" else ["-O2"]
+        result = subprocess.run([cxx, *common, *flags, "-c", str(source), "-o", str(obj)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"compiling {source} failed:\n{result.stderr[-3000:]}")
+        objects.append(str(obj))
+    cmd = [cxx, "-shared", "-fopenmp", *objects, "-o", str(out) + ".tmp",
+           f"-L{dist / 'lib'}", "-l:libllama-common.so.0", "-l:libllama.so.0", "-l:libggml.so.0", "-l:libggml-cpu.so.0",
+           "-l:libggml-base.so.0", "-Wl,-rpath,$ORIGIN"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BuildError(f"compiling {source} failed:\n{result.stderr[-3000:]}")
+        raise BuildError(f"linking the shim failed:\n{result.stderr[-3000:]}")
     os.replace(str(out) + ".tmp", out)
     return out
 

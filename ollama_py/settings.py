@@ -108,6 +108,7 @@ class Settings:
     origins: tuple[str, ...] = ()
     context_length: int = 4096
     flash_attention: str = "auto"
+    cpu_attention: bool = True
     kv_cache_type: str = "f16"
     noprune: bool = False
     debug: bool = False
@@ -167,6 +168,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "context_length": ("OLLAMA_CONTEXT_LENGTH", _int, "default context length (num_ctx)"),
     "flash_attention": ("OLLAMA_FLASH_ATTENTION", _flash_attention,
                         "flash attention: auto (where supported), 1 or 0; quantized KV caches need it"),
+    "cpu_attention": ("OLLAMA_PY_CPU_ATTENTION", _bool,
+                      "ollama-py's flash attention kernel on CPU-only machines (0: ggml's)"),
     "kv_cache_type": ("OLLAMA_KV_CACHE_TYPE", str.strip, "KV cache type: f16, q8_0 or q4_0"),
     "noprune": ("OLLAMA_NOPRUNE", _bool, "keep unused blobs when models are removed"),
     "debug": ("OLLAMA_DEBUG", _bool, "verbose logging"),

@@ -53,7 +53,7 @@ from ollama_py.engine.types import (
     Token,
     TokenLogprob,
 )
-from ollama_py.llama import capi
+from ollama_py.llama import attention, capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, ContextOptions, DecodeError
 from ollama_py.llama.lib import LlamaError, shim
@@ -92,6 +92,7 @@ class RunnerOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     num_batch: int = 512  # the micro-batch (llama.cpp's n_ubatch), as Ollama's num_batch
     num_thread: int = 0  # 0: the physical cores
     flash_attention: str = "auto"  # "auto", "on" or "off"
+    cpu_attention: bool = True  # ollama-py's CPU flash attention kernel where it may (llama/attention.py)
     kv_cache_type: str = "f16"
     # Saved prompt states beyond the slots (engine/prompt_cache.py); not load options: they never change
     # what a sequence computes, only what it need not compute again.
@@ -277,6 +278,8 @@ class Runner:
             log.warning("KV cache type %s needs flash attention, which is off; using f16", kv_type)
             kv_type = "f16"
         kv = _KV_TYPES[kv_type]
+        if options.cpu_attention and options.flash_attention != "off":
+            attention.enable()
         # One KV stream per slot (kv_unified off): each slot gets exactly num_ctx,
         # as in Ollama, and a slot's attention never sees another slot's cells.
         self._ctx = Context(model, ContextOptions(
@@ -313,10 +316,11 @@ class Runner:
         self._ram = RamCache(ram) if ram > 0 else None
         self._disk: DiskCache | None = None
         if options.cache_dir:
-            # What the saved bytes depend on: the weights and the cache's layout (flash attention stores
-            # V untransposed); llama.cpp checks its own format version when it reads a state back.
+            # What the saved bytes depend on: the weights, the cache's layout (flash attention stores V
+            # untransposed) and the attention kernel (a layer's keys come from the attention below it);
+            # llama.cpp checks its own format version when it reads a state back.
             key = {"model": model_digest(model.path), "kv_cache_type": options.kv_cache_type,
-                   "flash_attention": options.flash_attention,
+                   "flash_attention": options.flash_attention, "cpu_attention": attention.enabled(),
                    **({"projector": model_digest(projector)} if projector is not None else {})}
             self._disk = DiskCache(Path(options.cache_dir), key, options.cache_disk)
         self._loading: dict[_Stream, _Submit] = {}  # waiting on the disk tier

@@ -422,4 +422,6 @@ SHIM_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "ollama_py_sample": ([P, P, P, i32], i32),
     "ollama_py_logprobs": ([P, i32, i32, i32, POINTER(f32), PTok, POINTER(f32)], i32),
     "ollama_py_cpu_reference": ([P, c_bool], None),
+    "ollama_py_attention_register": ([], None),
+    "ollama_py_attention_ops": ([], ctypes.c_uint64),
 }

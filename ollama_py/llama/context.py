@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ollama_py.llama import adapter, capi
+from ollama_py.llama import adapter, attention, capi
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.handle import Handle
 from ollama_py.llama.lib import LlamaError, llama, shim
@@ -70,7 +70,10 @@ class ContextOptions:
         params.n_threads_batch = self.n_threads_batch or cpus
         params.embeddings = self.embeddings
         params.pooling_type = self.pooling
-        params.flash_attn_type = self.flash_attn
+        # "auto" is on wherever the layers' devices support it, and on a CPU they do; llama.cpp's own check
+        # would take ollama-py's attention device for missing support (llama/attention.py).
+        auto = self.flash_attn == capi.FLASH_ATTN_AUTO
+        params.flash_attn_type = capi.FLASH_ATTN_ENABLED if auto and attention.enabled() else self.flash_attn
         params.type_k = self.type_k
         params.type_v = self.type_v
         params.kv_unified = self.kv_unified

@@ -43,9 +43,11 @@ def _device(handle: int) -> Device:
 
 
 def devices() -> list[Device]:
-    """Every device llama.cpp can place layers on, in its own order."""
+    """Every device llama.cpp can place layers on, in its own order (not accelerators, which take some ops
+    of the CPU's layers, such as ollama-py's attention kernel)."""
     lib = ggml()
-    return [_device(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    found = [_device(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+    return [device for device in found if device.kind != "accel"]
 
 
 def probe(endpoint: str, timeout: float = 3.0) -> None:
