@@ -83,43 +83,47 @@ def test_the_kernel_computes_attention_and_agrees_with_ggmls(model: Model, model
 
 
 def test_a_row_has_the_same_logits_alone_and_in_any_batch(model: Model) -> None:
-    """Without ggml's reference kernels, and with the longest sequence past 512 cells."""
+    """Each of three sequences (the longest past 512 cells), one or several rows a step, alone or beside the
+    others, without ggml's reference kernels."""
     attention.enable()
     before = attention.ops()
     tokens = prompt(model) * 24  # about 600 tokens
+    lengths = {1: len(tokens), 2: 200, 3: 37}
     answer = model.vocab.tokenize(" The keeper wakes before dawn and climbs the stairs to the lamp.",
                                   add_special=False)
     with Context(model, ContextOptions(n_ctx=4 * 1024, n_seq_max=4, kv_unified=False, n_batch=512,
                                        n_ubatch=512)) as ctx, Batch(512, 4) as batch:
-        for seq, length in ((1, len(tokens)), (2, 200), (3, 37)):
+        for seq, length in lengths.items():
             for at in range(0, length, 512):
                 batch.clear()
                 batch.add_sequence(tokens[at:min(at + 512, length)], at, seq, last_output=True)
                 ctx.decode(batch)
-        start = len(tokens)
 
-        def rows(companions: bool, together: int) -> list[bytes]:
-            """The logits of seq 1's next tokens, `together` rows a step, beside other sequences or not."""
-            ctx.seq_rm(1, start)
-            got = []
+        def rows(seqs: tuple[int, ...], together: int) -> dict[int, list[bytes]]:
+            """The logits of each sequence's next tokens (the answer's), decoded in the same steps, the first
+            sequence `together` rows a step and the others one."""
+            got: dict[int, list[bytes]] = {seq: [] for seq in seqs}
             for step, at in enumerate(range(0, len(answer), together)):
                 batch.clear()
-                chunk = answer[at:at + together]
-                for i, token in enumerate(chunk):
-                    batch.add(token, start + at + i, (1,), True)
-                if companions:
-                    for seq, length in ((2, 200), (3, 37)):
-                        batch.add(answer[at], length + step, (seq,), False)
+                placed = []
+                for seq in seqs:
+                    chunk = answer[at:at + together] if seq == seqs[0] else answer[step:step + 1]
+                    done = len(got[seq]) if seq == seqs[0] else step
+                    for i, token in enumerate(chunk):
+                        placed.append((seq, batch.add(token, lengths[seq] + done + i, (seq,), True)))
                 ctx.decode(batch)
-                got += [bytes(ctx.logits(i)) for i in range(len(chunk))]
-            for seq, length in ((2, 200), (3, 37)):
-                ctx.seq_rm(seq, length)
+                for seq, row in placed:
+                    got[seq].append(bytes(ctx.logits(row)))
+            for seq in seqs:
+                ctx.seq_rm(seq, lengths[seq])
             return got
 
-        alone = rows(companions=False, together=1)
-        assert len(alone) == len(answer) > 8
-        assert rows(companions=True, together=1) == alone
-        assert rows(companions=False, together=5) == alone
-        assert rows(companions=True, together=7) == alone
+        alone = {seq: rows((seq,), 1)[seq] for seq in lengths}
+        assert len(alone[1]) == len(answer) > 8
+        for together in (1, 5, 7):
+            for seqs in ((1, 2, 3), (3, 1), (2, 3, 1)):
+                got = rows(seqs, together)
+                for seq in seqs:
+                    assert got[seq] == alone[seq][:len(got[seq])], (seqs, together, seq)
+        assert rows((1,), 5)[1] == alone[1]
     assert attention.ops() > before
-

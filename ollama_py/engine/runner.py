@@ -300,8 +300,9 @@ class Runner:
         # up: their rows differ with the batch anyway.
         self._exact_rows = kv_type == "f16" and options.flash_attention != "off" and not _tiled_weights(model)
         # Drafts are exact only where a row's logits do not depend on its batch (engine/speculative.py);
-        # the runner thread checks that before its first step.
-        self._draft_max = options.draft_max
+        # the runner thread checks that before its first step. A sequence's rows in a step stay below
+        # _TILED_ROWS, where attention would move to another kernel (llama/attention.py).
+        self._draft_max = min(options.draft_max, _TILED_ROWS - 2)
         self._draft_model: DraftModel | None = None
         if draft is not None and options.draft_max > 0:
             try:

@@ -190,6 +190,9 @@ void compute_unit(const ggml_tensor * op, const unit & u, float * scratch) {
                 }
                 for (int64_t c = c0; c < c1; c++) {
                     const float p = s[c - c0];
+                    if (p == 0.0f) {  // a masked cell (or one too far below the best to count): as ggml, skipped
+                        continue;
+                    }
                     const float * vr = vf + (c - c0) * dv;
 #pragma omp simd
                     for (int64_t d = 0; d < dv; d++) {
@@ -229,11 +232,11 @@ void compute(const ggml_tensor * op, int n_threads) {
             }
         }
     }
-    const int64_t scratch_floats = 2 * BLOCK * MAX_DIM + ROWS * MAX_GROUP * (MAX_DIM + 2) + BLOCK;
+    constexpr int64_t scratch_floats = 2 * BLOCK * MAX_DIM + ROWS * MAX_GROUP * (MAX_DIM + 2) + BLOCK;
     const int64_t n_units = (int64_t) units.size();
 #pragma omp parallel num_threads(std::max(1, std::min<int>(n_threads, (int) n_units)))
     {
-        std::vector<float> scratch(scratch_floats);
+        thread_local std::vector<float> scratch(scratch_floats);  // once per thread, not per attention node
 #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < n_units; i++) {
             compute_unit(op, units[i], scratch.data());
