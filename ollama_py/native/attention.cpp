@@ -35,8 +35,6 @@
 #include <cstring>
 #include <vector>
 
-#include <omp.h>
-
 #define SHIM_API extern "C" __attribute__((visibility("default")))
 
 namespace {
