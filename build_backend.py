@@ -340,7 +340,8 @@ def build_shim(dist: Path) -> Path:
     (as ggml's own kernels are); both link OpenMP, the thread pool ggml-cpu runs on.
     """
     sources = sorted(NATIVE_DIR.glob("*.cpp"))
-    key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + (dist / "COMPLETE").read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + (dist / "COMPLETE").read_bytes())
+    key = digest.hexdigest()[:16]
     out = dist / "shim" / key / "libollama_py_shim.so"
     if out.exists():
         return out

@@ -199,7 +199,8 @@ def test_run_format_json_and_think_flags(server: Server, model_path: Path, tmp_p
     (tmp_path / "Modelfile").write_text(f"FROM {model_path}\nPARAMETER temperature 0\nPARAMETER num_predict 48\n"
                                         "PARAMETER repeat_penalty 1.1\n")
     cli(server.env, "create", "jsonish", "-f", str(tmp_path / "Modelfile"))
-    answer = cli(server.env, "run", "jsonish", "--format", "json", "Describe Bob, 30, as a JSON object.").stdout
+    answer = cli(server.env, "run", "jsonish", "--format", "json",
+                 "Give Bob's name and age (30) as a JSON object with the keys name and age.").stdout
     assert isinstance(json.loads(answer), dict)
 
     thinking = cli(server.env, "run", "jsonish", "--think", "Hello", check=False)  # bare: on, "Hello" is the prompt

@@ -57,8 +57,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for member, proc in workers.items():
                 wait_until(lambda m=member: hello(f"{net.address(m)}:{WORKER_PORT}", timeout=PROBE),  # type: ignore[misc]
                            f"worker {member}", proc)
+            # The workers compute attention with ggml's kernel, so the model run locally takes it too
+            # (docs/deploy.md): with ollama-py's it would part from the split answer at near ties.
             env = server_env(f"{net.address('server')}:{SERVER_PORT}", root, cache,
                              OLLAMA_PY_ALLOW_UNAUTHENTICATED="1", OLLAMA_NUM_PARALLEL="2",
+                             OLLAMA_PY_CPU_ATTENTION="0",
                              OLLAMA_CONTEXT_LENGTH="2048", OLLAMA_MAX_LOADED_MODELS="1",
                              OLLAMA_RPC_SERVERS=",".join(f"{net.address(m)}:{WORKER_PORT}" for m in workers))
             server = net.run("server", SERVE, env=env,
