@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from ollama_py.llama.context import Context, ContextOptions
 from ollama_py.llama.devices import add_rpc_server
 from ollama_py.llama.lib import LIB_DIR, LlamaError
-from ollama_py.llama.model import Model, ModelOptions
-from ollama_py.llama.oneshot import generate_tokens
-from ollama_py.llama.sampler import SamplerChain, SamplerConfig
 from tests.server_harness import GUARD
 
 PROMPT = "<|im_start|>user\nList the planets.<|im_end|>\n<|im_start|>assistant\n"
 
-# Runs in a child process: registering a worker changes device choice for the
-# whole process, and llama.cpp aborts the process if the worker dies later.
+# Runs in a child process, on the worker named first or ("local") on this CPU: registering a worker changes
+# device choice for the whole process, and llama.cpp aborts the process if the worker dies later. The local
+# run needs a fresh process too, so that attention is ggml's kernel, as on the worker: a runner earlier in
+# the test session may have registered ollama-py's in this one (llama/attention.py).
 CHILD = """
 import json, sys
 from ollama_py.llama.context import Context, ContextOptions
@@ -31,8 +29,9 @@ from ollama_py.llama.devices import add_rpc_server
 from ollama_py.llama.model import Model, ModelOptions
 from ollama_py.llama.oneshot import generate_tokens
 from ollama_py.llama.sampler import SamplerChain, SamplerConfig
-added = add_rpc_server(sys.argv[1])
-model = Model(sys.argv[2], ModelOptions(n_gpu_layers=-1, devices=tuple(d.handle for d in added)))
+added = add_rpc_server(sys.argv[1]) if sys.argv[1] != "local" else []
+on = tuple(d.handle for d in added)
+model = Model(sys.argv[2], ModelOptions(n_gpu_layers=-1, devices=on) if on else ModelOptions(n_gpu_layers=0))
 ctx = Context(model, ContextOptions(n_ctx=512))
 sampler = SamplerChain(model.vocab, SamplerConfig(temperature=0))
 tokens = list(generate_tokens(ctx, sampler, model.vocab.tokenize(sys.argv[3], parse_special=True), 24))
@@ -83,14 +82,16 @@ def test_unreachable_worker_is_an_error_not_an_abort() -> None:
         add_rpc_server("no-port-here")
 
 
-def test_model_on_a_worker_generates_as_locally(worker: str, model_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", CHILD, worker, str(model_path), PROMPT],
+def run_child(where: str, model_path: Path) -> dict[str, list]:
+    result = subprocess.run([sys.executable, "-c", CHILD, where, str(model_path), PROMPT],
                             capture_output=True, text=True, timeout=GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
-    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_model_on_a_worker_generates_as_locally(worker: str, model_path: Path) -> None:
+    remote = run_child(worker, model_path)
     assert remote["devices"] and remote["devices"][0][1] == worker
-    with Model(model_path, ModelOptions(n_gpu_layers=0)) as local, \
-            Context(local, ContextOptions(n_ctx=512)) as ctx, \
-            SamplerChain(local.vocab, SamplerConfig(temperature=0)) as sampler:
-        expected = list(generate_tokens(ctx, sampler, local.vocab.tokenize(PROMPT, parse_special=True), 24))
-    assert remote["tokens"] == expected
+    local = run_child("local", model_path)
+    assert not local["devices"] and len(local["tokens"]) == 24
+    assert remote["tokens"] == local["tokens"]

@@ -46,6 +46,14 @@ def test_the_gate_opens_after_the_closing_tag_or_at_an_answer_without_reasoning(
     assert before.admit("so </think>") and before.done
     answer_first = ReasoningGate("<think>", "</think>", opened=False)
     assert not answer_first.admit("{") and answer_first.done  # sampled again, under the grammar
+    assert inside.stray == before.stray == 0
+    # A token that closes the reasoning and starts the answer: its answer part came without the grammar, and
+    # the runner drops it (the greedy answer of the end-to-end tests below once began with `."`).
+    quoted = ReasoningGate("Thought:", ".", opened=True)
+    assert quoted.admit(" Two and two make four") and not quoted.done
+    assert quoted.admit('."') and quoted.done and quoted.stray == 1
+    spaced = ReasoningGate("Thought:", ".", opened=True)
+    assert spaced.admit(" Four.\n\n") and spaced.done and spaced.stray == 0
 
 
 def test_the_request_carries_the_tags_only_with_a_format_and_thinking(model: Model) -> None:

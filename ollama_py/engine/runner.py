@@ -847,6 +847,9 @@ class Runner:
         job.eval_count += 1
         piece = self._vocab.token_to_piece(token, special=True) if token in request.special_tokens \
             else self._piece(token)
+        if job.gate is not None and job.gate.stray:
+            piece = piece.decode("utf-8", errors="replace")[:-job.gate.stray].encode()
+            job.gate.stray = 0
         text, stopped = job.stops.feed(job.text.feed(piece))
         logprob = self._logprob(job.out_index, token, request.top_logprobs) if request.logprobs else None
         if text or logprob is not None:

@@ -43,6 +43,10 @@ class ReasoningGate:
         self._thinking = opened
         self._tail = ""  # what may still grow into the opening (before) or closing (inside) tag
         self.done = False
+        # Characters after the closing tag in the token that closed the reasoning, when they are more than
+        # whitespace: the answer's start, sampled without the grammar. The runner drops them from the text, as
+        # Ollama drops what a thinking model wrote before the format applied.
+        self.stray = 0
 
     def admit(self, piece: str) -> bool:
         """Whether a freely sampled token stands; False when it starts the answer (sample it again under the
@@ -60,6 +64,8 @@ class ReasoningGate:
             text = stripped[len(self._opening):]
         if self._closing in text:
             self.done = True
+            after = text[text.index(self._closing) + len(self._closing):]
+            self.stray = len(after) if after.strip() else 0
             self._tail = ""
         else:
             self._tail = text[-len(self._closing):]
