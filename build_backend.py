@@ -208,12 +208,12 @@ def native_cpu_flags() -> list[str]:
     """
     if platform.machine() not in {"x86_64", "AMD64"}:
         return []
-    amx_off = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-    return [f"-DCMAKE_C_FLAGS={amx_off}", f"-DCMAKE_CXX_FLAGS={amx_off}"]
+    return ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"]
 
 
 def cmake_args() -> list[str]:
     native = os.environ.get("OLLAMA_PY_NATIVE", "1") not in {"0", "false", "off", "no"}
+    narrow = " ".join(native_cpu_flags()) if native else ""
     return [
         "-DCMAKE_BUILD_TYPE=Release",
         "-DBUILD_SHARED_LIBS=ON",
@@ -234,7 +234,7 @@ def cmake_args() -> list[str]:
         # system libstdc++ and crash llama.cpp's static initialisers at load.
         "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL",
         f"-DGGML_NATIVE={'ON' if native else 'OFF'}",
-        *(native_cpu_flags() if native else []),
+        *([f"-DCMAKE_C_FLAGS={narrow}", f"-DCMAKE_CXX_FLAGS={narrow}"] if narrow else []),
         *cuda_flags(),
     ]
 
@@ -352,7 +352,7 @@ def build_shim(dist: Path) -> Path:
     if not source_extracted(pin):  # a cached build without the source: the shim needs llama.cpp's src/ headers
         extract_subtree(fetch_sdist(pin), pin)
     native = "-DGGML_NATIVE=ON" in json.loads((dist / "build.json").read_text())["args"]
-    cpu = ["-march=native", *(f for arg in native_cpu_flags() for f in arg.split("=", 1)[1].split())] if native else []
+    cpu = ["-march=native", *native_cpu_flags()] if native else []
     common = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-fopenmp", f"-I{include}", f"-I{include / 'common'}",
               f"-I{SOURCE_DIR / 'src'}", f"-I{SOURCE_DIR / 'ggml' / 'src'}"]
     log("compiling the C shim")

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ PROMPT = "<|im_start|>user\nList the planets.<|im_end|>\n<|im_start|>assistant\n
 # the test session may have registered ollama-py's in this one (llama/attention.py).
 CHILD = """
 import json, sys
+from ollama_py.llama import attention
 from ollama_py.llama.context import Context, ContextOptions
 from ollama_py.llama.devices import add_rpc_server
 from ollama_py.llama.model import Model, ModelOptions
@@ -35,7 +37,8 @@ model = Model(sys.argv[2], ModelOptions(n_gpu_layers=-1, devices=on) if on else 
 ctx = Context(model, ContextOptions(n_ctx=512))
 sampler = SamplerChain(model.vocab, SamplerConfig(temperature=0))
 tokens = list(generate_tokens(ctx, sampler, model.vocab.tokenize(sys.argv[3], parse_special=True), 24))
-print(json.dumps({"devices": [[d.name, d.description] for d in added], "tokens": tokens}))
+kernel = attention.enable()  # after the answer: whether this process could have used ollama-py's kernel
+print(json.dumps({"devices": [[d.name, d.description] for d in added], "tokens": tokens, "kernel": kernel}))
 """
 
 
@@ -82,7 +85,7 @@ def test_unreachable_worker_is_an_error_not_an_abort() -> None:
         add_rpc_server("no-port-here")
 
 
-def run_child(where: str, model_path: Path) -> dict[str, list]:
+def run_child(where: str, model_path: Path) -> dict[str, Any]:
     result = subprocess.run([sys.executable, "-c", CHILD, where, str(model_path), PROMPT],
                             capture_output=True, text=True, timeout=GUARD)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -92,6 +95,8 @@ def run_child(where: str, model_path: Path) -> dict[str, list]:
 def test_model_on_a_worker_generates_as_locally(worker: str, model_path: Path) -> None:
     remote = run_child(worker, model_path)
     assert remote["devices"] and remote["devices"][0][1] == worker
+    # A process with a worker keeps ggml's attention: ollama-py's kernel is refused there (docs/deploy.md).
+    assert remote["kernel"] is False
     local = run_child("local", model_path)
-    assert not local["devices"] and len(local["tokens"]) == 24
+    assert not local["devices"] and len(local["tokens"]) == 24 and local["kernel"] is True
     assert remote["tokens"] == local["tokens"]

@@ -37,7 +37,7 @@ from typing import Protocol
 
 from ollama_py.llama.batch import Batch
 from ollama_py.llama.context import Context, DecodeError
-from ollama_py.llama.devices import devices
+from ollama_py.llama.devices import only_cpu
 from ollama_py.llama.model import Vocab
 
 # Longest and shortest run of recent tokens looked up; a longer match predicts better and is tried first.
@@ -77,8 +77,7 @@ def batch_invariant(ctx: Context, vocab: Vocab, seq: int, rows: int, reference: 
     rows = min(rows, ctx.n_batch)  # a step never holds more (llama.cpp aborts past n_batch)
     if rows < 1 or ctx.n_ctx_seq <= rows + 1 or not sentence:
         return False
-    only_cpu = all(device.kind == "cpu" for device in devices())
-    start = 0 if reference and only_cpu else min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
+    start = 0 if reference and only_cpu() else min(_PROBE_PREFIX, ctx.n_ctx_seq - rows - 1)
     text = sentence * ((start + rows) // len(sentence) + 1)
     prefix, tokens = text[:start], text[start:start + rows]
     try:

@@ -50,6 +50,11 @@ def devices() -> list[Device]:
     return [device for device in found if device.kind != "accel"]
 
 
+def only_cpu() -> bool:
+    """Whether the CPU is this process's only device (no GPU, no RPC worker registered)."""
+    return all(device.kind == "cpu" for device in devices())
+
+
 def probe(endpoint: str, timeout: float = 3.0) -> None:
     """Raises unless a TCP connection to host:port opens.
 
